@@ -1,0 +1,124 @@
+import Foundation
+
+/// Fused causal multi-head self-attention on a packed q|k|v projection.
+/// qkv: [B, T, 3C] (columns q | k | v, head h at channels h*hs ..< (h+1)*hs within each);
+/// out: [B, T, C]. Per (batch, head): S = Q K^T / sqrt(hs) (sgemm), causal softmax, O = P V (sgemm),
+/// reading heads in place through leading dimensions, so there is no transpose or copy.
+/// The softmax probabilities are kept for backward; dropout on them is recomputed from counters.
+public final class CausalSelfAttentionOp: Op {
+    let qkv: Tensor, out: Tensor
+    let probs: UnsafeMutablePointer<Float>  // [B, NH, T, T]
+    let scratch: UnsafeMutablePointer<Float>  // per worker: 2 * T * T
+    let batch: Int, seqLen: Int, heads: Int, channels: Int, headSize: Int, workers: Int
+    let dropRate: Float, site: UInt64, context: StepContext
+
+    public init(qkv: Tensor, out: Tensor, batch: Int, seqLen: Int, heads: Int,
+                dropRate: Float = 0, site: UInt64 = 0, context: StepContext, arena: ActivationArena) {
+        channels = out.lastDimension
+        precondition(channels % heads == 0, "emb_dim must be divisible by n_heads")
+        precondition(qkv.count == batch * seqLen * 3 * channels && out.count == batch * seqLen * channels)
+        self.qkv = qkv; self.out = out
+        self.batch = batch; self.seqLen = seqLen; self.heads = heads; headSize = channels / heads
+        self.dropRate = dropRate; self.site = site; self.context = context
+        probs = arena.scratch(batch * heads * seqLen * seqLen)
+        workers = max(Parallel.threads, 1)
+        scratch = arena.scratch(workers * 2 * seqLen * seqLen)
+    }
+
+    var dropping: Bool { context.training && dropRate > 0 }
+
+    /// Inverted-dropout mask value for probability (b, h, i, j), a function of global coordinates only.
+    @inline(__always)
+    func maskKey(_ b: Int, _ h: Int) -> UInt64 {
+        CounterRandom.key(context.seed, UInt64(context.step), site, UInt64(context.rowOffset + b), UInt64(h))
+    }
+
+    /// P with dropout applied, into `dst` (rows i, columns j <= i; the rest zero).
+    func droppedProbs(_ p: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, key: UInt64) {
+        let T = seqLen, keep = 1 - dropRate, scale = 1 / keep
+        for i in 0..<T {
+            for j in 0..<T {
+                let idx = i * T + j
+                dst[idx] = j <= i && CounterRandom.uniform(key, UInt64(idx)) < keep ? p[idx] * scale : 0
+            }
+        }
+    }
+
+    public func forward() {
+        let T = seqLen, C = channels, hs = headSize, C3 = 3 * C
+        let scale = 1 / Float(hs).squareRoot()
+        withSingleThreadedBLAS {
+            Parallel.forEach(batch * heads) { w, item in
+                let b = item / heads, h = item % heads
+                let q = qkv.data + b * T * C3 + h * hs, k = q + C, v = q + 2 * C
+                let p = probs + item * T * T
+                BLAS.gemm(.none, .transpose, m: T, n: T, k: hs, alpha: scale, a: q, lda: C3, b: k, ldb: C3,
+                          beta: 0, c: p, ldc: T)
+                for i in 0..<T {
+                    let row = p + i * T
+                    Kernels.softmax(row, i + 1)
+                    for j in (i + 1)..<T { row[j] = 0 }
+                }
+                var pUsed = UnsafePointer(p)
+                if dropping {
+                    let pd = scratch + w * 2 * T * T
+                    droppedProbs(p, pd, key: maskKey(b, h))
+                    pUsed = UnsafePointer(pd)
+                }
+                BLAS.gemm(.none, .none, m: T, n: hs, k: T, a: pUsed, lda: T, b: v, ldb: C3, beta: 0,
+                          c: out.data + b * T * C + h * hs, ldc: C)
+            }
+        }
+    }
+
+    public func backward() {
+        let T = seqLen, C = channels, hs = headSize, C3 = 3 * C
+        let scale = 1 / Float(hs).squareRoot()
+        let dqkv = qkv.grad!, dout = out.grad!
+        withSingleThreadedBLAS {
+            Parallel.forEach(batch * heads) { w, item in
+                let b = item / heads, h = item % heads
+                let off = b * T * C3 + h * hs
+                let q = qkv.data + off, k = q + C, v = q + 2 * C
+                let dq = dqkv + off, dk = dq + C, dv = dq + 2 * C
+                let p = probs + item * T * T
+                let dO = dout + b * T * C + h * hs
+                let dp = scratch + w * 2 * T * T, pd = dp + T * T
+                var pUsed = UnsafePointer(p)
+                let key = dropping ? maskKey(b, h) : 0
+                if dropping { droppedProbs(p, pd, key: key); pUsed = UnsafePointer(pd) }
+                // dV += P'^T dO ; dP' = dO V^T
+                BLAS.gemm(.transpose, .none, m: T, n: hs, k: T, a: pUsed, lda: T, b: dO, ldb: C, beta: 1, c: dv, ldc: C3)
+                BLAS.gemm(.none, .transpose, m: T, n: T, k: hs, a: dO, lda: C, b: v, ldb: C3, beta: 0, c: dp, ldc: T)
+                let keep = 1 - dropRate, inv = 1 / keep
+                for i in 0..<T {
+                    let pr = p + i * T, dr = dp + i * T
+                    if dropping {
+                        for j in 0...i { dr[j] = CounterRandom.uniform(key, UInt64(i * T + j)) < keep ? dr[j] * inv : 0 }
+                    }
+                    // softmax backward: dS = P * (dP - sum_j P dP)
+                    var dot: Float = 0
+                    for j in 0...i { dot += pr[j] * dr[j] }
+                    for j in 0...i { dr[j] = pr[j] * (dr[j] - dot) }
+                    for j in (i + 1)..<T { dr[j] = 0 }
+                }
+                // dQ += scale * dS K ; dK += scale * dS^T Q
+                BLAS.gemm(.none, .none, m: T, n: hs, k: T, alpha: scale, a: dp, lda: T, b: k, ldb: C3, beta: 1, c: dq, ldc: C3)
+                BLAS.gemm(.transpose, .none, m: T, n: hs, k: T, alpha: scale, a: dp, lda: T, b: q, ldb: C3, beta: 1, c: dk, ldc: C3)
+            }
+        }
+    }
+}
+
+/// Runs `body` with OpenBLAS on one thread when our own workers parallelise around many small products.
+@inline(__always)
+func withSingleThreadedBLAS(_ body: () -> Void) {
+    let saved = BLAS.threads
+    if saved > 1 && Parallel.threads > 1 {
+        BLAS.threads = 1
+        body()
+        BLAS.threads = saved
+    } else {
+        body()
+    }
+}

@@ -1,0 +1,52 @@
+/// One coarse operation on the tape: a hand-written forward kernel and its backward kernel,
+/// both working on preallocated buffers. Backward *accumulates* into input gradients
+/// (the tape zeroes activation gradients first), so a tensor may feed several ops.
+public protocol Op: AnyObject {
+    func forward()
+    func backward()
+}
+
+/// Where dropout masks come from: a pure function of (seed, step, global row, position, feature),
+/// never of the rank or thread that computes them.
+public final class StepContext: @unchecked Sendable {
+    public var seed: UInt64 = 0
+    public var step: Int = 0
+    /// Global index of this micro-batch's first row within the optimizer step's batch.
+    public var rowOffset: Int = 0
+    public var training = false
+    public init() {}
+}
+
+/// The recorded program: ops in execution order over an arena of activations.
+/// Built once for a (batch, sequence) shape and replayed every step, forward then in reverse.
+public final class Tape {
+    public let arena = ActivationArena()
+    public let context = StepContext()
+    public private(set) var ops: [any Op] = []
+    /// For each op, the lowest flat-parameter offset whose gradient is final once that op's backward has run
+    /// (nil when the op completes no new parameter block). Drives gradient buckets that overlap backward.
+    public private(set) var completes: [Int?] = []
+
+    public init() {}
+
+    public func record(_ op: any Op, completesParametersFrom offset: Int? = nil) {
+        ops.append(op)
+        completes.append(offset)
+    }
+
+    public func forward() {
+        for op in ops { op.forward() }
+    }
+
+    /// Runs every backward kernel in reverse order. `progress(offset)` is called whenever all parameter
+    /// gradients at flat offsets >= `offset` are final.
+    public func backward(progress: ((Int) -> Void)? = nil) {
+        arena.zeroGradients()
+        var i = ops.count - 1
+        while i >= 0 {
+            ops[i].backward()
+            if let p = progress, let offset = completes[i] { p(offset) }
+            i -= 1
+        }
+    }
+}

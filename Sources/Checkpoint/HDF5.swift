@@ -1,0 +1,279 @@
+import CHDF5
+import Foundation
+
+public struct FileFormatError: Error, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// A small, typed wrapper over the serial HDF5 C API: groups, float32/float64/int64 datasets,
+/// extendable 1-D series, and scalar attributes (strings are variable-length UTF-8, as h5py prefers).
+public final class HDF5File {
+    public let path: String
+    let id: hid_t
+    private var closed = false
+
+    static let silenced: Void = { _ = H5Eset_auto2(gd_h5e_default(), nil, nil) }()
+
+    private init(path: String, id: hid_t) { self.path = path; self.id = id }
+
+    public static func create(_ path: String, overwrite: Bool = true) throws -> HDF5File {
+        _ = silenced
+        let f = H5Fcreate(path, overwrite ? gd_h5f_acc_trunc() : gd_h5f_acc_excl(), gd_h5p_default(), gd_h5p_default())
+        guard f >= 0 else { throw FileFormatError("cannot create HDF5 file \(path)") }
+        return HDF5File(path: path, id: f)
+    }
+
+    public static func open(_ path: String, writable: Bool = false) throws -> HDF5File {
+        _ = silenced
+        guard FileManager.default.isReadableFile(atPath: path) else { throw FileFormatError("cannot read \(path)") }
+        guard H5Fis_hdf5(path) > 0 else { throw FileFormatError("\(path) is not an HDF5 file (corrupt or truncated?)") }
+        let f = H5Fopen(path, writable ? gd_h5f_acc_rdwr() : gd_h5f_acc_rdonly(), gd_h5p_default())
+        guard f >= 0 else { throw FileFormatError("cannot open HDF5 file \(path) (corrupt or truncated?)") }
+        return HDF5File(path: path, id: f)
+    }
+
+    public func flush() { H5Fflush(id, H5F_SCOPE_GLOBAL) }
+
+    public func close() {
+        if !closed { H5Fclose(id); closed = true }
+    }
+
+    deinit { close() }
+
+    // MARK: groups and existence
+
+    public func exists(_ name: String) -> Bool {
+        // Check each prefix: H5Lexists fails on a path whose parent is missing.
+        var prefix = ""
+        for part in name.split(separator: "/") {
+            prefix += "/" + part
+            if H5Lexists(id, prefix, gd_h5p_default()) <= 0 { return false }
+        }
+        return true
+    }
+
+    public func createGroup(_ name: String) throws {
+        if exists(name) { return }
+        let g = H5Gcreate2(id, name, gd_h5p_default(), gd_h5p_default(), gd_h5p_default())
+        guard g >= 0 else { throw FileFormatError("\(path): cannot create group \(name)") }
+        H5Gclose(g)
+    }
+
+    /// Names of the members of a group.
+    public func members(_ group: String) throws -> [String] {
+        let g = H5Gopen2(id, group, gd_h5p_default())
+        guard g >= 0 else { throw FileFormatError("\(path): no group \(group)") }
+        defer { H5Gclose(g) }
+        var info = H5G_info_t()
+        H5Gget_info(g, &info)
+        var names: [String] = []
+        for i in 0..<info.nlinks {
+            let n = H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, nil, 0, gd_h5p_default())
+            guard n >= 0 else { continue }
+            var buf = [CChar](repeating: 0, count: Int(n) + 1)
+            H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, &buf, Int(n) + 1, gd_h5p_default())
+            names.append(String(cString: buf))
+        }
+        return names
+    }
+
+    // MARK: datasets
+
+    public func writeFloats(_ name: String, shape: [Int], _ data: UnsafePointer<Float>) throws {
+        try write(name, shape: shape, type: gd_h5t_native_float(), data)
+    }
+
+    public func writeDoubles(_ name: String, _ values: [Double]) throws {
+        try values.withUnsafeBufferPointer { try write(name, shape: [values.count], type: gd_h5t_native_double(), $0.baseAddress!) }
+    }
+
+    public func writeInt64s(_ name: String, _ values: [Int64]) throws {
+        try values.withUnsafeBufferPointer { try write(name, shape: [values.count], type: gd_h5t_native_int64(), $0.baseAddress!) }
+    }
+
+    private func write(_ name: String, shape: [Int], type: hid_t, _ data: UnsafeRawPointer) throws {
+        var dims = shape.map { hsize_t($0) }
+        let space = H5Screate_simple(Int32(dims.count), &dims, nil)
+        defer { H5Sclose(space) }
+        let d = H5Dcreate2(id, name, type, space, gd_h5p_default(), gd_h5p_default(), gd_h5p_default())
+        guard d >= 0 else { throw FileFormatError("\(path): cannot create dataset \(name)") }
+        defer { H5Dclose(d) }
+        guard H5Dwrite(d, type, gd_h5s_all(), gd_h5s_all(), gd_h5p_default(), data) >= 0 else {
+            throw FileFormatError("\(path): cannot write dataset \(name) (disk full?)")
+        }
+    }
+
+    /// Shape of a dataset and whether it stores 4-byte floats.
+    public func datasetShape(_ name: String) throws -> (shape: [Int], isFloat32: Bool) {
+        guard exists(name) else { throw FileFormatError("\(path): missing dataset \(name)") }
+        let d = H5Dopen2(id, name, gd_h5p_default())
+        guard d >= 0 else { throw FileFormatError("\(path): cannot open dataset \(name)") }
+        defer { H5Dclose(d) }
+        let space = H5Dget_space(d)
+        defer { H5Sclose(space) }
+        let rank = Int(H5Sget_simple_extent_ndims(space))
+        var dims = [hsize_t](repeating: 0, count: max(rank, 1))
+        H5Sget_simple_extent_dims(space, &dims, nil)
+        let t = H5Dget_type(d)
+        defer { H5Tclose(t) }
+        let isF32 = H5Tget_class(t) == H5T_FLOAT && H5Tget_size(t) == 4
+        return (Array(dims.prefix(rank)).map { Int($0) }, isF32)
+    }
+
+    /// Reads a float32 dataset of exactly `shape` into `out`.
+    public func readFloats(_ name: String, shape: [Int], into out: UnsafeMutablePointer<Float>) throws {
+        let (s, isF32) = try datasetShape(name)
+        guard isF32 else { throw FileFormatError("\(path): dataset \(name) is not float32") }
+        guard s == shape else { throw FileFormatError("\(path): dataset \(name) has shape \(s), expected \(shape)") }
+        let d = H5Dopen2(id, name, gd_h5p_default())
+        defer { H5Dclose(d) }
+        guard H5Dread(d, gd_h5t_native_float(), gd_h5s_all(), gd_h5s_all(), gd_h5p_default(), out) >= 0 else {
+            throw FileFormatError("\(path): cannot read dataset \(name) (corrupt or truncated?)")
+        }
+    }
+
+    public func readDoubles(_ name: String) throws -> [Double] {
+        let (s, _) = try datasetShape(name)
+        let n = s.reduce(1, *)
+        var out = [Double](repeating: 0, count: n)
+        let d = H5Dopen2(id, name, gd_h5p_default())
+        defer { H5Dclose(d) }
+        if n > 0 {
+            guard H5Dread(d, gd_h5t_native_double(), gd_h5s_all(), gd_h5s_all(), gd_h5p_default(), &out) >= 0 else {
+                throw FileFormatError("\(path): cannot read dataset \(name)")
+            }
+        }
+        return out
+    }
+
+    // MARK: extendable 1-D series (metrics)
+
+    public func createSeries(_ name: String) throws {
+        if exists(name) { return }
+        var dims: [hsize_t] = [0], maxDims: [hsize_t] = [gd_h5s_unlimited()], chunk: [hsize_t] = [256]
+        let space = H5Screate_simple(1, &dims, &maxDims)
+        defer { H5Sclose(space) }
+        let dcpl = H5Pcreate(gd_h5p_dataset_create())
+        defer { H5Pclose(dcpl) }
+        H5Pset_chunk(dcpl, 1, &chunk)
+        let d = H5Dcreate2(id, name, gd_h5t_native_double(), space, gd_h5p_default(), dcpl, gd_h5p_default())
+        guard d >= 0 else { throw FileFormatError("\(path): cannot create series \(name)") }
+        H5Dclose(d)
+    }
+
+    public func append(_ name: String, _ value: Double) throws {
+        let d = H5Dopen2(id, name, gd_h5p_default())
+        guard d >= 0 else { throw FileFormatError("\(path): no series \(name)") }
+        defer { H5Dclose(d) }
+        var n: [hsize_t] = [0]
+        let s0 = H5Dget_space(d)
+        H5Sget_simple_extent_dims(s0, &n, nil)
+        H5Sclose(s0)
+        var newSize: [hsize_t] = [n[0] + 1]
+        guard H5Dset_extent(d, &newSize) >= 0 else { throw FileFormatError("\(path): cannot extend \(name)") }
+        let fs = H5Dget_space(d)
+        defer { H5Sclose(fs) }
+        var start: [hsize_t] = [n[0]], count: [hsize_t] = [1], one: [hsize_t] = [1]
+        H5Sselect_hyperslab(fs, H5S_SELECT_SET, &start, nil, &count, nil)
+        let ms = H5Screate_simple(1, &one, nil)
+        defer { H5Sclose(ms) }
+        var v = value
+        guard H5Dwrite(d, gd_h5t_native_double(), ms, fs, gd_h5p_default(), &v) >= 0 else {
+            throw FileFormatError("\(path): cannot append to \(name)")
+        }
+    }
+
+    // MARK: attributes (on the root "/" or any group)
+
+    public func setAttribute(_ object: String, _ name: String, string value: String) throws {
+        let t = H5Tcopy(gd_h5t_c_s1())
+        defer { H5Tclose(t) }
+        H5Tset_size(t, gd_h5t_variable())
+        H5Tset_cset(t, H5T_CSET_UTF8)
+        try value.withCString { cs in
+            var p: UnsafePointer<CChar>? = cs
+            try writeAttribute(object, name, type: t, &p)
+        }
+    }
+
+    public func setAttribute(_ object: String, _ name: String, int value: Int) throws {
+        var v = Int64(value)
+        try writeAttribute(object, name, type: gd_h5t_native_int64(), &v)
+    }
+
+    public func setAttribute(_ object: String, _ name: String, double value: Double) throws {
+        var v = value
+        try writeAttribute(object, name, type: gd_h5t_native_double(), &v)
+    }
+
+    private func writeAttribute(_ object: String, _ name: String, type: hid_t, _ data: UnsafeRawPointer) throws {
+        let o = H5Oopen(id, object, gd_h5p_default())
+        guard o >= 0 else { throw FileFormatError("\(path): no object \(object)") }
+        defer { H5Oclose(o) }
+        if H5Aexists(o, name) > 0 { H5Adelete(o, name) }
+        let space = H5Screate(H5S_SCALAR)
+        defer { H5Sclose(space) }
+        let a = H5Acreate2(o, name, type, space, gd_h5p_default(), gd_h5p_default())
+        guard a >= 0 else { throw FileFormatError("\(path): cannot create attribute \(name)") }
+        defer { H5Aclose(a) }
+        guard H5Awrite(a, type, data) >= 0 else { throw FileFormatError("\(path): cannot write attribute \(name)") }
+    }
+
+    public func hasAttribute(_ object: String, _ name: String) -> Bool {
+        let o = H5Oopen(id, object, gd_h5p_default())
+        guard o >= 0 else { return false }
+        defer { H5Oclose(o) }
+        return H5Aexists(o, name) > 0
+    }
+
+    private func withAttribute<R>(_ object: String, _ name: String, _ body: (hid_t) throws -> R) throws -> R {
+        let o = H5Oopen(id, object, gd_h5p_default())
+        guard o >= 0 else { throw FileFormatError("\(path): missing \(object)") }
+        defer { H5Oclose(o) }
+        guard H5Aexists(o, name) > 0 else { throw FileFormatError("\(path): missing attribute \(object == "/" ? "" : object + "/")\(name)") }
+        let a = H5Aopen(o, name, gd_h5p_default())
+        guard a >= 0 else { throw FileFormatError("\(path): cannot open attribute \(name)") }
+        defer { H5Aclose(a) }
+        return try body(a)
+    }
+
+    public func intAttribute(_ object: String, _ name: String) throws -> Int {
+        try withAttribute(object, name) { a in
+            var v: Int64 = 0
+            guard H5Aread(a, gd_h5t_native_int64(), &v) >= 0 else { throw FileFormatError("\(path): attribute \(name) is not an integer") }
+            return Int(v)
+        }
+    }
+
+    public func doubleAttribute(_ object: String, _ name: String) throws -> Double {
+        try withAttribute(object, name) { a in
+            var v = 0.0
+            guard H5Aread(a, gd_h5t_native_double(), &v) >= 0 else { throw FileFormatError("\(path): attribute \(name) is not a number") }
+            return v
+        }
+    }
+
+    public func stringAttribute(_ object: String, _ name: String) throws -> String {
+        try withAttribute(object, name) { a in
+            let ft = H5Aget_type(a)
+            defer { H5Tclose(ft) }
+            guard H5Tget_class(ft) == H5T_STRING else { throw FileFormatError("\(path): attribute \(name) is not a string") }
+            if H5Tis_variable_str(ft) > 0 {
+                let t = H5Tcopy(gd_h5t_c_s1())
+                defer { H5Tclose(t) }
+                H5Tset_size(t, gd_h5t_variable())
+                H5Tset_cset(t, H5T_CSET_UTF8)
+                var p: UnsafeMutablePointer<CChar>?
+                guard H5Aread(a, t, &p) >= 0, let p else { throw FileFormatError("\(path): cannot read attribute \(name)") }
+                defer { H5free_memory(p) }
+                return String(cString: p)
+            }
+            let size = H5Tget_size(ft)
+            var buf = [CChar](repeating: 0, count: size + 1)
+            guard H5Aread(a, ft, &buf) >= 0 else { throw FileFormatError("\(path): cannot read attribute \(name)") }
+            return String(cString: buf)
+        }
+    }
+}

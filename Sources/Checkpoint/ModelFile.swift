@@ -1,0 +1,121 @@
+import Autograd
+import Foundation
+import GPT2
+
+/// The gpt2-dist HDF5 checkpoint (README, "Checkpoint layout"): root attributes format, format_version, step;
+/// /config with the model config keys as attributes; /params with one float32 dataset per tensor, named and
+/// shaped as Hugging Face GPT-2's state dict without "transformer." (wte and wpe without ".weight").
+public enum ModelFile {
+    public static let format = "gpt2-dist"
+    public static let formatVersion = 1
+
+    public static func writeHeader(_ f: HDF5File, config: GPT2Config, step: Int) throws {
+        try f.setAttribute("/", "format", string: format)
+        try f.setAttribute("/", "format_version", int: formatVersion)
+        try f.setAttribute("/", "step", int: step)
+        try f.createGroup("/config")
+        for (k, v) in [("vocab_size", config.vocabSize), ("context_length", config.contextLength),
+                       ("emb_dim", config.embDim), ("n_heads", config.nHeads), ("n_layers", config.nLayers)] {
+            try f.setAttribute("/config", k, int: v)
+        }
+        try f.setAttribute("/config", "drop_rate", double: config.dropRate)
+        try f.setAttribute("/config", "qkv_bias", int: config.qkvBias ? 1 : 0)
+    }
+
+    /// Writes every tensor of a flat buffer laid out as `layout` under `group` (e.g. /params, /optimizer/m).
+    public static func writeTensors(_ f: HDF5File, group: String, layout: ParameterLayout, from base: UnsafePointer<Float>) throws {
+        try createGroups(f, group)
+        for e in layout.entries {
+            try f.writeFloats("\(group)/\(e.name)", shape: e.shape, base + e.offset)
+        }
+    }
+
+    public static func readTensors(_ f: HDF5File, group: String, layout: ParameterLayout, into base: UnsafeMutablePointer<Float>) throws {
+        for e in layout.entries {
+            try f.readFloats("\(group)/\(e.name)", shape: e.shape, into: base + e.offset)
+        }
+    }
+
+    static func createGroups(_ f: HDF5File, _ path: String) throws {
+        var prefix = ""
+        for part in path.split(separator: "/") {
+            prefix += "/" + part
+            try f.createGroup(prefix)
+        }
+    }
+
+    public static func readConfig(_ f: HDF5File) throws -> GPT2Config {
+        guard f.hasAttribute("/", "format"), (try? f.stringAttribute("/", "format")) == format else {
+            throw FileFormatError("\(f.path): not a gpt2-dist checkpoint (root attribute format != \"gpt2-dist\")")
+        }
+        let version = try f.intAttribute("/", "format_version")
+        guard version == formatVersion else {
+            throw FileFormatError("\(f.path): checkpoint format_version \(version) is not supported (expected \(formatVersion))")
+        }
+        var dict: [String: JSONValue] = [:]
+        for k in ["vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"] {
+            dict[k] = .number(Double(try f.intAttribute("/config", k)))
+        }
+        dict["drop_rate"] = .number(try f.doubleAttribute("/config", "drop_rate"))
+        dict["qkv_bias"] = .bool(try f.intAttribute("/config", "qkv_bias") != 0)
+        return try GPT2Config.from(dictionary: dict, source: "\(f.path) /config")
+    }
+
+    /// Saves a model-only checkpoint atomically.
+    public static func save(model: GPT2Model, step: Int, to path: String) throws {
+        try AtomicFile.write(path) { tmp in
+            let f = try HDF5File.create(tmp)
+            try writeHeader(f, config: model.config, step: step)
+            try writeTensors(f, group: "/params", layout: model.parameters.layout, from: model.parameters.values.pointer)
+            f.close()
+        }
+    }
+
+    /// Loads config and parameters; every tensor's name, shape and dtype is checked.
+    public static func load(path: String) throws -> (model: GPT2Model, step: Int) {
+        let f = try HDF5File.open(path)
+        defer { f.close() }
+        let config = try readConfig(f)
+        let model = GPT2Model(config: config)
+        try readTensors(f, group: "/params", layout: model.parameters.layout, into: model.parameters.values.pointer)
+        let step = try f.intAttribute("/", "step")
+        return (model, step)
+    }
+}
+
+/// Writes a file so that readers only ever see the old complete file or the new complete one:
+/// write to a temporary name in the same directory, fsync, rename over the target, fsync the directory.
+public enum AtomicFile {
+    public static func write(_ path: String, _ body: (String) throws -> Void) throws {
+        let url = URL(fileURLWithPath: path)
+        let dir = url.deletingLastPathComponent().path
+        let tmp = dir + "/." + url.lastPathComponent + ".tmp-\(getpid())"
+        do {
+            try body(tmp)
+            try fsync(path: tmp)
+            guard rename(tmp, path) == 0 else {
+                throw FileFormatError("cannot rename \(tmp) to \(path): \(String(cString: strerror(errno)))")
+            }
+            try? fsync(path: dir)
+        } catch {
+            unlink(tmp)
+            throw error
+        }
+    }
+
+    public static func fsync(path: String) throws {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw FileFormatError("cannot open \(path) to sync it") }
+        defer { close(fd) }
+        guard Glibc.fsync(fd) == 0 else { throw FileFormatError("fsync \(path) failed (disk full?)") }
+    }
+
+    /// Writes small text (e.g. the "latest" pointer) atomically.
+    public static func write(text: String, to path: String) throws {
+        try write(path) { tmp in
+            guard FileManager.default.createFile(atPath: tmp, contents: Data(text.utf8)) else {
+                throw FileFormatError("cannot write \(tmp)")
+            }
+        }
+    }
+}

@@ -1,0 +1,100 @@
+import Foundation
+
+/// GPT-2 hyper-parameters, with the keys of Raschka's "Build a LLM from scratch" configs.
+public struct GPT2Config: Equatable, Sendable, Codable {
+    public var vocabSize: Int
+    public var contextLength: Int
+    public var embDim: Int
+    public var nHeads: Int
+    public var nLayers: Int
+    public var dropRate: Double
+    public var qkvBias: Bool
+
+    public static let keys = ["vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "drop_rate", "qkv_bias"]
+
+    enum CodingKeys: String, CodingKey {
+        case vocabSize = "vocab_size", contextLength = "context_length", embDim = "emb_dim", nHeads = "n_heads"
+        case nLayers = "n_layers", dropRate = "drop_rate", qkvBias = "qkv_bias"
+    }
+
+    public init(vocabSize: Int, contextLength: Int, embDim: Int, nHeads: Int, nLayers: Int,
+                dropRate: Double = 0, qkvBias: Bool = true) throws {
+        self.vocabSize = vocabSize; self.contextLength = contextLength; self.embDim = embDim
+        self.nHeads = nHeads; self.nLayers = nLayers; self.dropRate = dropRate; self.qkvBias = qkvBias
+        try validate()
+    }
+
+    public var headSize: Int { embDim / nHeads }
+
+    public func validate() throws {
+        for (key, value) in [("vocab_size", vocabSize), ("context_length", contextLength), ("emb_dim", embDim),
+                             ("n_heads", nHeads), ("n_layers", nLayers)] where value <= 0 {
+            throw ConfigError("\(key) must be a positive integer, got \(value)")
+        }
+        if embDim % nHeads != 0 {
+            throw ConfigError("emb_dim (\(embDim)) must be divisible by n_heads (\(nHeads))")
+        }
+        if !(dropRate >= 0 && dropRate < 1) {
+            throw ConfigError("drop_rate must be in [0, 1), got \(dropRate)")
+        }
+    }
+
+    /// Parses a JSON object with exactly the seven keys; the error names the offending key.
+    public static func parse(json data: Data, source: String = "config") throws -> GPT2Config {
+        let value: JSONValue
+        do { value = try JSONValue.parse(data) } catch {
+            throw ConfigError("\(source): malformed JSON")
+        }
+        guard let dict = value.object else { throw ConfigError("\(source): expected a JSON object") }
+        return try from(dictionary: dict, source: source)
+    }
+
+    public static func from(dictionary dict: [String: JSONValue], source: String = "config") throws -> GPT2Config {
+        for key in dict.keys.sorted() where !keys.contains(key) {
+            throw ConfigError("\(source): unknown key \"\(key)\" (expected \(keys.joined(separator: ", ")))")
+        }
+        func value(_ key: String) throws -> JSONValue {
+            guard let v = dict[key] else { throw ConfigError("\(source): missing key \"\(key)\"") }
+            return v
+        }
+        func int(_ key: String) throws -> Int {
+            let v = try value(key)
+            guard let i = v.int else { throw ConfigError("\(source): \"\(key)\" must be an integer, got \(v)") }
+            return i
+        }
+        let d = try value("drop_rate")
+        guard let drop = d.number else { throw ConfigError("\(source): \"drop_rate\" must be a number, got \(d)") }
+        let q = try value("qkv_bias")
+        guard let qkv = q.bool else { throw ConfigError("\(source): \"qkv_bias\" must be true or false, got \(q)") }
+        do {
+            return try GPT2Config(vocabSize: int("vocab_size"), contextLength: int("context_length"),
+                                  embDim: int("emb_dim"), nHeads: int("n_heads"), nLayers: int("n_layers"),
+                                  dropRate: drop, qkvBias: qkv)
+        } catch let e as ConfigError where !e.message.hasPrefix(source) {
+            throw ConfigError("\(source): \(e.message)")
+        }
+    }
+
+    public static func load(path: String) throws -> GPT2Config {
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw ConfigError("cannot read config file \(path)")
+        }
+        return try parse(json: data, source: path)
+    }
+
+    public var dictionary: [String: Any] {
+        ["vocab_size": vocabSize, "context_length": contextLength, "emb_dim": embDim, "n_heads": nHeads,
+         "n_layers": nLayers, "drop_rate": dropRate, "qkv_bias": qkvBias]
+    }
+
+    public var jsonString: String {
+        let d = try! JSONSerialization.data(withJSONObject: dictionary, options: [.sortedKeys, .prettyPrinted])
+        return String(decoding: d, as: UTF8.self)
+    }
+}
+
+public struct ConfigError: Error, CustomStringConvertible {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}

@@ -1,0 +1,41 @@
+import Autograd
+
+extension GPT2Config {
+    /// Every parameter with the name and shape of Hugging Face GPT-2's state dict (without "transformer."),
+    /// linear weights input-major as GPT-2's Conv1D. Order: embeddings, blocks 0..L-1, final norm,
+    /// so backward finishes parameter blocks from the end of the flat buffer towards its start.
+    public var parameterLayout: ParameterLayout {
+        let C = embDim
+        var layout = ParameterLayout()
+        layout.append("wte", [vocabSize, C])
+        layout.append("wpe", [contextLength, C])
+        for l in 0..<nLayers {
+            let p = "h.\(l)."
+            layout.append(p + "ln_1.weight", [C])
+            layout.append(p + "ln_1.bias", [C])
+            layout.append(p + "attn.c_attn.weight", [C, 3 * C])
+            if qkvBias { layout.append(p + "attn.c_attn.bias", [3 * C]) }
+            layout.append(p + "attn.c_proj.weight", [C, C])
+            layout.append(p + "attn.c_proj.bias", [C])
+            layout.append(p + "ln_2.weight", [C])
+            layout.append(p + "ln_2.bias", [C])
+            layout.append(p + "mlp.c_fc.weight", [C, 4 * C])
+            layout.append(p + "mlp.c_fc.bias", [4 * C])
+            layout.append(p + "mlp.c_proj.weight", [4 * C, C])
+            layout.append(p + "mlp.c_proj.bias", [C])
+        }
+        layout.append("ln_f.weight", [C])
+        layout.append("ln_f.bias", [C])
+        return layout
+    }
+
+    /// Parameter count with the output head tied to wte (what is stored and trained).
+    public var parameterCount: Int { parameterLayout.totalCount }
+    /// Parameter count if the output head were a separate [V, C] matrix.
+    public var untiedParameterCount: Int { parameterCount + vocabSize * embDim }
+
+    /// Training FLOPs per token, as nanoGPT counts them: 6N + 12·L·C·T (forward + backward).
+    public func flopsPerToken(seqLen: Int) -> Double {
+        6 * Double(parameterCount) + 12 * Double(nLayers) * Double(embDim) * Double(seqLen)
+    }
+}

@@ -1,0 +1,94 @@
+import Autograd
+import Checkpoint
+import Data
+import Foundation
+import GPT2
+import Testing
+
+/// The Swift model against PyTorch + Hugging Face transformers on a small random GPT-2
+/// (fixtures from Tests/Fixtures/make_gpt2_fixtures.py).
+struct ModelParityTests {
+    let hfDir = fixtures + "/tiny-gpt2/hf"
+    let expected: SafeTensorsFile
+
+    init() throws { expected = try SafeTensorsFile(path: fixtures + "/tiny-gpt2/expected.safetensors") }
+
+    func fixtureName(_ ours: String) -> String { ours == "wte" || ours == "wpe" ? ours + ".weight" : ours }
+
+    @Test func logitsLossAndEveryGradient() throws {
+        let model = try HuggingFace.load(directory: hfDir)
+        let B = 4, T = 32
+        let graph = GPT2Graph(model: model, batch: B, seqLen: T, mode: .train)
+        let x = try expected.ints("batch0.inputs").map(Int32.init), y = try expected.ints("batch0.targets").map(Int32.init)
+        graph.setBatch(inputs: x, targets: y)
+        let loss = graph.forward()
+        let refLoss = try expected.floats("loss")[0]
+        #expect(abs(loss - refLoss) / refLoss < 1e-5, "loss \(loss) vs HF \(refLoss)")
+        let refLogits = try expected.floats("logits")
+        let logitErr = maxRelativeError(graph.logits.data, refLogits, refLogits.count)
+        #expect(logitErr < 1e-4, "logits max-relative error \(logitErr)")
+
+        model.parameters.zeroGradients()
+        graph.backward()
+        for e in model.parameters.layout.entries {
+            let ref = try expected.floats("grad." + fixtureName(e.name))
+            #expect(ref.count == e.count)
+            let err = maxRelativeError(model.parameters.gradients.pointer + e.offset, ref, e.count)
+            #expect(err < 1e-4, "gradient of \(e.name): max-relative error \(err)")
+        }
+    }
+
+    @Test func greedyGenerationMatchesHuggingFace() throws {
+        let model = try HuggingFace.load(directory: hfDir)
+        let prompt = try expected.ints("generate.prompt"), ref = try expected.ints("generate.greedy")
+        let out = GPT2Generator(model: model).generate(prompt: prompt, count: ref.count)
+        #expect(out == ref)
+    }
+
+    @Test func kvCacheLogitsEqualFullForward() throws {
+        let model = try HuggingFace.load(directory: hfDir)
+        let tokens: [Int32] = [5, 17, 300, 2, 99, 400, 7, 7]
+        let graph = GPT2Graph(model: model, batch: 1, seqLen: tokens.count, mode: .logits)
+        graph.setBatch(inputs: tokens, targets: nil)
+        graph.forward()
+        let gen = GPT2Generator(model: model)
+        let V = model.config.vocabSize
+        for (t, tok) in tokens.enumerated() {
+            gen.append(token: Int(tok))
+            let err = maxRelativeError(gen.logits.pointer, graph.logits.data + t * V, V)
+            #expect(err < 1e-5, "position \(t): cached decoding differs by \(err)")
+        }
+    }
+
+    @Test func evalLossMatchesHuggingFace() throws {
+        let model = try HuggingFace.load(directory: hfDir)
+        let data = try TokenDataset(paths: [fixtures + "/tiny-gpt2/tokens.bin"], vocabSize: model.config.vocabSize)
+        let order = try BatchOrder(tokenCount: data.count, batchSize: 4, seqLen: 32)
+        let graph = GPT2Graph(model: model, batch: 4, seqLen: 32, mode: .evaluate)
+        var total = 0.0
+        for s in 0..<3 {
+            order.fill(data, step: s, firstRow: 0, rows: 4, inputs: graph.inputs.pointer, targets: graph.targets.pointer)
+            total += Double(graph.forward())
+        }
+        let ref = try expected.floats("eval.loss")[0]
+        #expect(abs(Float(total / 3) - ref) / ref < 1e-5)
+    }
+
+    @Test func importExportIsBitIdentical() throws {
+        let model = try HuggingFace.load(directory: hfDir)
+        let dir = tmpDir("export")
+        let ckpt = dir + "/model.h5"
+        try ModelFile.save(model: model, step: 0, to: ckpt)
+        let (reloaded, step) = try ModelFile.load(path: ckpt)
+        #expect(step == 0 && reloaded.config == model.config)
+        try HuggingFace.save(model: reloaded, directory: dir + "/hf")
+        let original = try SafeTensorsFile(path: hfDir + "/model.safetensors")
+        let exported = try SafeTensorsFile(path: dir + "/hf/model.safetensors")
+        #expect(Set(original.entries.keys) == Set(exported.entries.keys))
+        for name in original.entries.keys {
+            #expect(try original.floats(name) == exported.floats(name), "\(name) changed in import/export")
+        }
+        let cfg = try HuggingFace.readConfig(directory: dir + "/hf")
+        #expect(cfg.vocabSize == model.config.vocabSize && cfg.nLayers == model.config.nLayers)
+    }
+}

@@ -7,19 +7,33 @@ public final class FloatBuffer: @unchecked Sendable {
     public let pointer: UnsafeMutablePointer<Float>
     public let count: Int
 
+    private let mapped: Int  // bytes mapped with mmap (0: heap allocation)
+
+    /// Large buffers come zeroed and page-aligned from anonymous mmap, so memory is only committed as pages
+    /// are touched (a graph can be built just to count its bytes); small ones from the heap, 64-byte aligned.
     public init(count: Int) {
         precondition(count >= 0, "negative buffer size")
-        var raw: UnsafeMutableRawPointer?
         let bytes = max(count, 1) * MemoryLayout<Float>.stride
-        guard posix_memalign(&raw, 64, bytes) == 0, let raw else {
-            fatalError("out of memory allocating \(bytes) bytes")
+        if bytes >= 1 << 20 {
+            guard let raw = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+                  raw != MAP_FAILED else {
+                fatalError("out of memory mapping \(bytes) bytes")
+            }
+            pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
+            mapped = bytes
+        } else {
+            var raw: UnsafeMutableRawPointer?
+            guard posix_memalign(&raw, 64, bytes) == 0, let raw else { fatalError("out of memory allocating \(bytes) bytes") }
+            memset(raw, 0, bytes)
+            pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
+            mapped = 0
         }
-        memset(raw, 0, bytes)
-        pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
         self.count = count
     }
 
-    deinit { free(pointer) }
+    deinit {
+        if mapped > 0 { munmap(pointer, mapped) } else { free(pointer) }
+    }
 
     public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: pointer, count: count) }
     public func zero() { memset(pointer, 0, count * MemoryLayout<Float>.stride) }

@@ -1,3 +1,5 @@
+import Dispatch
+
 /// One coarse operation on the tape: a hand-written forward kernel and its backward kernel,
 /// both working on preallocated buffers. Backward *accumulates* into input gradients
 /// (the tape zeroes activation gradients first), so a tensor may feed several ops.
@@ -34,8 +36,22 @@ public final class Tape {
         completes.append(offset)
     }
 
+    /// When set, seconds spent in each op (forward + backward) are added here, indexed like `ops`.
+    public var opSeconds: [Double]?
+
     public func forward() {
+        if opSeconds != nil {
+            for (i, op) in ops.enumerated() { measure(i) { op.forward() } }
+            return
+        }
         for op in ops { op.forward() }
+    }
+
+    @inline(__always)
+    private func measure(_ i: Int, _ body: () -> Void) {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        body()
+        opSeconds![i] += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
     }
 
     /// Runs every backward kernel in reverse order. `progress(offset)` is called whenever all parameter
@@ -44,7 +60,7 @@ public final class Tape {
         arena.zeroGradients()
         var i = ops.count - 1
         while i >= 0 {
-            ops[i].backward()
+            if opSeconds != nil { measure(i) { ops[i].backward() } } else { ops[i].backward() }
             if let p = progress, let offset = completes[i] { p(offset) }
             i -= 1
         }

@@ -135,11 +135,12 @@ public final class GPT2Graph {
         set { lossOp?.gradScale = newValue }
     }
 
-    /// Runs the forward pass; returns the mean cross-entropy (0 in `.logits` mode).
+    /// Runs the forward pass; returns the mean cross-entropy (0 in `.logits` mode). `training: false` on a
+    /// training graph evaluates without dropout (validation reuses the training graph's memory).
     @discardableResult
-    public func forward(step: Int = 0, seed: UInt64 = 0, rowOffset: Int = 0) -> Float {
+    public func forward(step: Int = 0, seed: UInt64 = 0, rowOffset: Int = 0, training: Bool? = nil) -> Float {
         let c = tape.context
-        c.step = step; c.seed = seed; c.rowOffset = rowOffset; c.training = mode == .train
+        c.step = step; c.seed = seed; c.rowOffset = rowOffset; c.training = training ?? (mode == .train)
         tape.forward()
         return lossOp?.loss ?? 0
     }

@@ -1,0 +1,157 @@
+import CMPI
+import Foundation
+
+/// MPI behind a small interface over flat Float/Double buffers. Without a launcher (no mpirun/srun
+/// environment) it is a single rank and never touches MPI, so every command also runs as a plain process.
+public final class Communicator: @unchecked Sendable {
+    public let rank: Int
+    public let size: Int
+    public let usesMPI: Bool
+    let comm: MPI_Comm?
+
+    private init(rank: Int, size: Int, usesMPI: Bool, comm: MPI_Comm?) {
+        self.rank = rank; self.size = size; self.usesMPI = usesMPI; self.comm = comm
+    }
+
+    /// True when started by mpirun, srun or another PMI launcher.
+    public static var launchedByMPI: Bool {
+        let env = ProcessInfo.processInfo.environment
+        return ["OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "SLURM_PMIX_MAPPING_SERV"].contains { env[$0] != nil }
+    }
+
+    nonisolated(unsafe) private static var world: Communicator?
+
+    /// Initialises MPI once (with MPI_THREAD_MULTIPLE, so a communication thread can overlap backward)
+    /// or returns a single-rank communicator when not launched by MPI.
+    public static func initialize() -> Communicator {
+        if let w = world { return w }
+        guard launchedByMPI else {
+            let c = Communicator(rank: 0, size: 1, usesMPI: false, comm: gd_mpi_comm_null())
+            world = c
+            return c
+        }
+        var provided: Int32 = 0
+        MPI_Init_thread(nil, nil, gd_mpi_thread_multiple(), &provided)
+        let w = gd_mpi_comm_world()
+        MPI_Comm_set_errhandler(w, gd_mpi_errors_return())
+        var r: Int32 = 0, s: Int32 = 0
+        MPI_Comm_rank(w, &r)
+        MPI_Comm_size(w, &s)
+        let c = Communicator(rank: Int(r), size: Int(s), usesMPI: true, comm: w)
+        world = c
+        return c
+    }
+
+    /// A communicator with the same ranks whose traffic cannot mix with this one's (for a helper thread).
+    public func duplicate() -> Communicator {
+        guard usesMPI else { return self }
+        var d = gd_mpi_comm_null()
+        MPI_Comm_dup(comm, &d)
+        return Communicator(rank: rank, size: size, usesMPI: true, comm: d)
+    }
+
+    public var isRoot: Bool { rank == 0 }
+
+    private func check(_ rc: Int32, _ what: String) {
+        if rc != gd_mpi_success() { abort(message: "MPI \(what) failed (code \(rc)); a rank probably died") }
+    }
+
+    /// In-place sum over ranks.
+    public func allReduceSum(_ p: UnsafeMutablePointer<Float>, count: Int) {
+        guard usesMPI, size > 1, count > 0 else { return }
+        var done = 0
+        while done < count {  // MPI counts are Int32
+            let n = min(count - done, Int(Int32.max))
+            check(MPI_Allreduce(gd_mpi_in_place(), p + done, Int32(n), gd_mpi_float(), gd_mpi_sum(), comm), "allreduce")
+            done += n
+        }
+    }
+
+    public func allReduceSum(_ values: inout [Double]) {
+        guard usesMPI, size > 1 else { return }
+        check(MPI_Allreduce(gd_mpi_in_place(), &values, Int32(values.count), gd_mpi_double(), gd_mpi_sum(), comm), "allreduce")
+    }
+
+    public func allReduceMax(_ values: inout [Double]) {
+        guard usesMPI, size > 1 else { return }
+        check(MPI_Allreduce(gd_mpi_in_place(), &values, Int32(values.count), gd_mpi_double(), gd_mpi_max(), comm), "allreduce")
+    }
+
+    public func allReduceMin(_ values: inout [Double]) {
+        guard usesMPI, size > 1 else { return }
+        check(MPI_Allreduce(gd_mpi_in_place(), &values, Int32(values.count), gd_mpi_double(), gd_mpi_min(), comm), "allreduce")
+    }
+
+    public func broadcast(_ p: UnsafeMutablePointer<Float>, count: Int, root: Int = 0) {
+        guard usesMPI, size > 1 else { return }
+        var done = 0
+        while done < count {
+            let n = min(count - done, Int(Int32.max))
+            check(MPI_Bcast(p + done, Int32(n), gd_mpi_float(), Int32(root), comm), "broadcast")
+            done += n
+        }
+    }
+
+    public func broadcast(_ values: inout [Double], root: Int = 0) {
+        guard usesMPI, size > 1 else { return }
+        check(MPI_Bcast(&values, Int32(values.count), gd_mpi_double(), Int32(root), comm), "broadcast")
+    }
+
+    /// Sends a string from root to all ranks (e.g. the resolved checkpoint path).
+    public func broadcast(_ s: String, root: Int = 0) -> String {
+        guard usesMPI, size > 1 else { return s }
+        var bytes = Array(s.utf8)
+        var n = [Double(bytes.count)]
+        broadcast(&n, root: root)
+        bytes = rank == root ? bytes : [UInt8](repeating: 0, count: Int(n[0]))
+        if !bytes.isEmpty {
+            check(MPI_Bcast(&bytes, Int32(bytes.count), gd_mpi_byte(), Int32(root), comm), "broadcast")
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
+    /// Each rank's `count` floats gathered in rank order into `out` (size * count).
+    public func allGather(_ send: UnsafePointer<Float>, count: Int, into out: UnsafeMutablePointer<Float>) {
+        guard usesMPI, size > 1 else {
+            if out != UnsafeMutablePointer(mutating: send) { memcpy(out, send, count * 4) }
+            return
+        }
+        check(MPI_Allgather(send, Int32(count), gd_mpi_float(), out, Int32(count), gd_mpi_float(), comm), "allgather")
+    }
+
+    /// Sum over ranks of `buffer` (size * count), rank r keeping block r in `out` (count).
+    public func reduceScatterSum(_ buffer: UnsafePointer<Float>, count: Int, into out: UnsafeMutablePointer<Float>) {
+        guard usesMPI, size > 1 else {
+            memcpy(out, buffer, count * 4)
+            return
+        }
+        check(MPI_Reduce_scatter_block(buffer, out, Int32(count), gd_mpi_float(), gd_mpi_sum(), comm), "reduce-scatter")
+    }
+
+    public func barrier() {
+        guard usesMPI, size > 1 else { return }
+        check(MPI_Barrier(comm), "barrier")
+    }
+
+    public func finalize() {
+        guard usesMPI else { return }
+        MPI_Finalize()
+    }
+
+    /// Ends every rank of the job: the way out when ranks can no longer agree (never leave the others hanging).
+    public func abort(message: String, code: Int32 = 1) -> Never {
+        FileHandle.standardError.write(Data("gpt2-dist: error (rank \(rank)): \(message)\n".utf8))
+        if usesMPI && size > 1 { MPI_Abort(gd_mpi_comm_world(), code) }
+        exit(code)
+    }
+
+    /// Collective agreement on an error: every rank passes its own (or nil); if any rank failed,
+    /// the lowest failing rank's message is printed once and every rank gets a non-nil message back.
+    public func agreeOnFailure(_ message: String?) -> String? {
+        var lowest = [message == nil ? Double(size) : Double(rank)]
+        allReduceMin(&lowest)
+        let failing = Int(lowest[0])
+        guard failing < size else { return nil }
+        return failing == rank ? message! : "rank \(failing) failed"
+    }
+}

@@ -1,0 +1,77 @@
+import Autograd
+import Foundation
+
+/// AdamW with PyTorch's semantics: p -= lr·wd·p, then the bias-corrected Adam step
+/// p -= (lr / (1 - β1^t)) · m / (sqrt(v) / sqrt(1 - β2^t) + eps). Weight decay only on tensors with
+/// 2 or more dimensions. State m and v cover a contiguous slice of the flat parameter buffer
+/// (the whole buffer, or this rank's shard under ZeRO-1).
+public final class AdamW {
+    public struct Hyper: Codable, Equatable, Sendable {
+        public var beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weightDecay = 0.1
+        public init() {}
+    }
+
+    public let layout: ParameterLayout
+    public let slice: Range<Int>
+    public let m: FloatBuffer, v: FloatBuffer
+    public var hyper: Hyper
+    /// Per-float weight-decay flag runs over the slice: (range within slice, decays).
+    let decayRuns: [(Range<Int>, Bool)]
+
+    public init(layout: ParameterLayout, slice: Range<Int>? = nil, hyper: Hyper) {
+        self.layout = layout
+        let s = slice ?? 0..<layout.totalCount
+        self.slice = s
+        self.hyper = hyper
+        m = FloatBuffer(count: s.count)
+        v = FloatBuffer(count: s.count)
+        var runs: [(Range<Int>, Bool)] = []
+        for e in layout.entries {
+            let lo = max(e.offset, s.lowerBound), hi = min(e.offset + e.count, s.upperBound)
+            if lo < hi { runs.append(((lo - s.lowerBound)..<(hi - s.lowerBound), e.decays)) }
+        }
+        decayRuns = runs
+    }
+
+    /// One update of params[slice] from grads (pointing at the slice's gradients), with the gradient
+    /// multiplied by `gradScale` first (global-norm clipping). `t` is the 1-based step count.
+    public func step(params: UnsafeMutablePointer<Float>, grads: UnsafePointer<Float>, lr: Double, t: Int, gradScale: Float) {
+        let b1 = Float(hyper.beta1), b2 = Float(hyper.beta2), eps = Float(hyper.eps)
+        let bc1 = 1 - pow(hyper.beta1, Double(t)), bc2 = 1 - pow(hyper.beta2, Double(t))
+        let stepSize = Float(lr / bc1), invSqrtBc2 = Float(1 / bc2.squareRoot())
+        let mp = m.pointer, vp = v.pointer
+        for (run, decays) in decayRuns {
+            let decay: Float = decays ? 1 - Float(lr * hyper.weightDecay) : 1
+            Parallel.chunks(run.count, costPerItem: 12) { _, r in
+                for j in r {
+                    let i = run.lowerBound + j
+                    let g = grads[i] * gradScale
+                    let p = params[i] * decay
+                    let mi = b1 * mp[i] + (1 - b1) * g
+                    let vi = b2 * vp[i] + (1 - b2) * g * g
+                    mp[i] = mi; vp[i] = vi
+                    params[i] = p - stepSize * (mi / (vi.squareRoot() * invSqrtBc2 + eps))
+                }
+            }
+        }
+    }
+}
+
+/// Learning rate at a 0-based step: linear warmup to `lr`, then cosine decay to `minLR` at `totalSteps`
+/// (or constant).
+public struct LRSchedule: Sendable {
+    public enum Kind: String, Sendable, CaseIterable { case cosine, constant }
+    public var kind: Kind, lr: Double, minLR: Double, warmupSteps: Int, totalSteps: Int
+
+    public init(kind: Kind, lr: Double, minLR: Double, warmupSteps: Int, totalSteps: Int) {
+        self.kind = kind; self.lr = lr; self.minLR = minLR; self.warmupSteps = warmupSteps; self.totalSteps = totalSteps
+    }
+
+    public func callAsFunction(_ step: Int) -> Double {
+        if step < warmupSteps { return lr * Double(step + 1) / Double(warmupSteps) }
+        if kind == .constant { return lr }
+        let span = max(1, totalSteps - warmupSteps)
+        let ratio = min(1, Double(step - warmupSteps) / Double(span))
+        return minLR + 0.5 * (1 + cos(Double.pi * ratio)) * (lr - minLR)
+    }
+}

@@ -1,0 +1,83 @@
+import ArgumentParser
+import Autograd
+import Checkpoint
+import Foundation
+import GPT2
+import Tokenizer
+import Training
+
+struct Generate: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Continue a prompt with a checkpoint (KV-cached decoding).",
+        discussion: """
+        Greedy at --temperature 0, else sampled from softmax(logits / temperature) over the --top-k most
+        likely tokens (0 = all), reproducibly for a --seed. Text prompts use GPT-2's BPE (--vocab).
+          gpt2-dist generate --checkpoint runs/demo --prompt "ROMEO:" --max-new-tokens 100
+          gpt2-dist generate --checkpoint gpt2.h5 --prompt-tokens 6109,3626,6100,345 --temperature 0 --tokens
+        """
+    )
+    @Option(help: "Checkpoint file, `latest` pointer, or run directory.") var checkpoint: String
+    @Option(help: "Prompt text (encoded with GPT-2's BPE).") var prompt: String?
+    @Option(help: "Prompt as comma-separated token ids.") var promptTokens: String?
+    @Option(help: "Tokens to generate.") var maxNewTokens = 50
+    @Option(help: "0 = greedy.") var temperature: Float = 0.8
+    @Option(help: "Sample among the K most likely tokens (0 = all).") var topK = 40
+    @Option(help: "Sampling seed.") var seed: UInt64 = 0
+    @Flag(help: "Print token ids instead of text.") var tokens = false
+    @Option(help: "GPT-2 vocabulary: gpt2.tiktoken, or a directory with it (or encoder.json + vocab.bpe).")
+    var vocab = "data/gpt2"
+    @OptionGroup var compute: ComputeOptions
+
+    func run() throws {
+        _ = compute.apply()
+        try runOrFail {
+            let (model, _) = try ModelFile.load(path: checkpointPath(checkpoint))
+            let cfg = model.config
+            var tokenizer: GPT2Tokenizer?
+            func loadTokenizer() throws -> GPT2Tokenizer {
+                if let t = tokenizer { return t }
+                let url = URL(fileURLWithPath: vocab)
+                var isDir: ObjCBool = false
+                guard FileManager.default.fileExists(atPath: vocab, isDirectory: &isDir) else {
+                    throw TrainError("GPT-2 vocabulary not found at \(vocab) (run Launch/setup, or pass --vocab)")
+                }
+                let t = isDir.boolValue ? try GPT2Tokenizer(directory: url) : try GPT2Tokenizer(tiktokenFile: url)
+                tokenizer = t
+                return t
+            }
+            var ids: [Int]
+            switch (prompt, promptTokens) {
+            case (let text?, nil):
+                ids = try loadTokenizer().encode(text).map(Int.init)
+            case (nil, let list?):
+                ids = try list.split(separator: ",").map {
+                    guard let v = Int($0.trimmingCharacters(in: .whitespaces)) else { throw TrainError("--prompt-tokens: \"\($0)\" is not an integer") }
+                    return v
+                }
+            default:
+                throw TrainError("give exactly one of --prompt or --prompt-tokens")
+            }
+            guard !ids.isEmpty else { throw TrainError("the prompt is empty") }
+            if let bad = ids.first(where: { $0 < 0 || $0 >= cfg.vocabSize }) {
+                throw TrainError("prompt token id \(bad) is out of range for vocab_size \(cfg.vocabSize)")
+            }
+            guard maxNewTokens >= 0 else { throw TrainError("--max-new-tokens must be non-negative") }
+            guard ids.count + maxNewTokens <= cfg.contextLength else {
+                throw TrainError("prompt (\(ids.count) tokens) + --max-new-tokens \(maxNewTokens) exceeds context_length \(cfg.contextLength)")
+            }
+            let gen = GPT2Generator(model: model)
+            let t0 = Runtime.now()
+            let out = gen.generate(prompt: ids, count: maxNewTokens, temperature: temperature, topK: topK, seed: seed)
+            let dt = Runtime.now() - t0
+            if tokens {
+                print(out.map(String.init).joined(separator: ","))
+            } else if cfg.vocabSize <= GPT2Tokenizer.vocabularySize, let t = try? loadTokenizer() {
+                print(try t.decode((ids + out).map { Int32($0) }))
+            } else {
+                print((ids + out).map(String.init).joined(separator: ","))
+            }
+            FileHandle.standardError.write(Data(String(format: "[%d tokens in %.2f s, %.1f tok/s; %@]\n", out.count, dt,
+                                                       Double(out.count) / max(dt, 1e-9), Runtime.blasDescription).utf8))
+        }
+    }
+}

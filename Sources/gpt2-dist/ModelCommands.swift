@@ -1,0 +1,188 @@
+import ArgumentParser
+import Autograd
+import Checkpoint
+import Data
+import Distributed
+import Foundation
+import GPT2
+import Training
+
+/// Resolves a run directory or a `latest` pointer to a checkpoint file.
+func checkpointPath(_ spec: String) throws -> String {
+    var isDir: ObjCBool = false
+    if FileManager.default.fileExists(atPath: spec, isDirectory: &isDir), isDir.boolValue {
+        guard let p = TrainCheckpoint.newestComplete(directory: spec) else { throw TrainError("no complete checkpoint in \(spec)") }
+        return p
+    }
+    if URL(fileURLWithPath: spec).lastPathComponent == "latest", let name = try? String(contentsOfFile: spec, encoding: .utf8) {
+        return URL(fileURLWithPath: spec).deletingLastPathComponent().path + "/" + name.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+    return spec
+}
+
+struct Eval: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Mean next-token cross-entropy of a checkpoint on a token file.",
+        discussion: """
+        Uses the batch order of training: batch s starts at token (s mod M)*B*T, M = floor((tokens-1)/(B*T)),
+        for s = 0 ..< --batches. Runs alone or under mpirun (rows split over ranks).
+          gpt2-dist eval --checkpoint runs/demo --data data/shakespeare/val_000000.bin --batch-size 8 --seq-len 128 --batches 10
+        """
+    )
+    @Option(help: "Checkpoint file, `latest` pointer, or run directory.") var checkpoint: String
+    @Option(help: "Token file (.bin), directory of shards, or glob.") var data: String
+    @Option(help: "Sequences per batch.") var batchSize = 8
+    @Option(help: "Tokens per sequence.") var seqLen = 128
+    @Option(help: "Number of batches.") var batches = 10
+    @Flag(help: "Print {\"loss\": ...} only.") var json = false
+    @OptionGroup var compute: ComputeOptions
+
+    func run() throws {
+        let comm = Communicator.initialize()
+        defer { comm.finalize() }
+        _ = compute.apply()
+        try runOrFail {
+            guard batches > 0 else { throw TrainError("--batches must be positive") }
+            guard batchSize > 0, batchSize % comm.size == 0 else {
+                throw TrainError("--batch-size \(batchSize) is not divisible by the number of ranks (\(comm.size))")
+            }
+            let (model, step) = try ModelFile.load(path: checkpointPath(checkpoint))
+            guard seqLen > 0, seqLen <= model.config.contextLength else {
+                throw TrainError("--seq-len \(seqLen) must be in 1...\(model.config.contextLength) (context_length)")
+            }
+            let tokens = try TokenDataset(spec: data, vocabSize: model.config.vocabSize)
+            let order = try BatchOrder(tokenCount: tokens.count, batchSize: batchSize, seqLen: seqLen)
+            let graph = GPT2Graph(model: model, batch: batchSize / comm.size, seqLen: seqLen, mode: .evaluate)
+            let t0 = Runtime.now()
+            let loss = try evaluateLoss(graph: graph, data: tokens, batchSize: batchSize, seqLen: seqLen, batches: batches, comm: comm)
+            guard comm.isRoot else { return }
+            if json {
+                print("{\"loss\": \(loss)}")
+            } else {
+                print("\(Runtime.blasDescription); checkpoint step \(step)")
+                print(String(format: "eval loss %.6f (perplexity %.2f) over %d batches of %d x %d tokens (%d spans available) in %.2f s",
+                             loss, exp(loss), batches, batchSize, seqLen, order.spans, Runtime.now() - t0))
+            }
+        }
+    }
+}
+
+struct Info: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Parameter count and per-rank memory for a model config.",
+        discussion: """
+        Memory per rank: parameters (4 B each), gradients (4 B), AdamW m and v (8 B, or 8/N with --zero 1),
+        and activations for one micro-batch, counted by building the training graph (no memory is touched).
+          gpt2-dist info --config Configs/gpt2-124M.json --batch-size 8 --seq-len 1024 --ranks 8
+        """
+    )
+    @Option(help: "Model config JSON, or a checkpoint (.h5).") var config: String
+    @Option(help: "Global batch size in sequences.") var batchSize = 8
+    @Option(help: "Micro-batch per rank (default batch-size / ranks).") var microBatchSize: Int?
+    @Option(help: "Tokens per sequence (default: context_length).") var seqLen: Int?
+    @Option(help: "Number of ranks.") var ranks = 1
+    @Option(help: "1: AdamW state sharded over ranks (ZeRO-1).") var zero = 0
+    @Flag(help: "Print JSON.") var json = false
+
+    func run() throws {
+        try runOrFail {
+            let cfg = config.hasSuffix(".h5") ? try TrainCheckpoint.readConfig(path: config) : try GPT2Config.load(path: config)
+            guard ranks > 0, batchSize > 0, batchSize % ranks == 0 else {
+                throw TrainError("--batch-size \(batchSize) is not divisible by --ranks \(ranks)")
+            }
+            let micro = microBatchSize ?? batchSize / ranks
+            let T = seqLen ?? cfg.contextLength
+            guard T > 0, T <= cfg.contextLength else { throw TrainError("--seq-len must be in 1...\(cfg.contextLength)") }
+            let n = Double(cfg.parameterCount)
+            let model = GPT2Model(config: cfg)
+            let graph = GPT2Graph(model: model, batch: micro, seqLen: T, mode: .train)
+            let act = Double(graph.activationBytes)
+            let adam = zero == 1 ? 8 * n / Double(ranks) : 8 * n
+            let total = 8 * n + adam + act
+            if json {
+                print("""
+                {"parameters": \(cfg.parameterCount), "parameters_untied": \(cfg.untiedParameterCount), \
+                "bytes_parameters": \(Int(4 * n)), "bytes_gradients": \(Int(4 * n)), "bytes_adamw": \(Int(adam)), \
+                "bytes_activations": \(Int(act)), "bytes_total_per_rank": \(Int(total)), "flops_per_token": \(cfg.flopsPerToken(seqLen: T))}
+                """)
+                return
+            }
+            print("model: \(cfg.nLayers) layers, emb_dim \(cfg.embDim), \(cfg.nHeads) heads, context \(cfg.contextLength), vocab \(cfg.vocabSize), qkv_bias \(cfg.qkvBias), drop_rate \(cfg.dropRate)")
+            print("parameters: \(grouped(cfg.parameterCount)) (output head tied to wte); \(grouped(cfg.untiedParameterCount)) if untied")
+            print("per rank (\(ranks) rank(s), micro-batch \(micro) x \(T) tokens\(zero == 1 ? ", ZeRO-1" : "")):")
+            print("  parameters  \(Runtime.formatBytes(4 * n))")
+            print("  gradients   \(Runtime.formatBytes(4 * n))")
+            print("  AdamW m, v  \(Runtime.formatBytes(adam))")
+            print("  activations \(Runtime.formatBytes(act))")
+            print("  total       \(Runtime.formatBytes(total))")
+            print(String(format: "training FLOPs per token: %.3g (6N + 12·L·C·T)", cfg.flopsPerToken(seqLen: T)))
+        }
+    }
+}
+
+func grouped(_ n: Int) -> String {
+    let s = String(n)
+    var out = ""
+    for (i, ch) in s.enumerated() {
+        if i > 0 && (s.count - i) % 3 == 0 { out += "," }
+        out.append(ch)
+    }
+    return out
+}
+
+struct ImportHF: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "import-hf",
+        abstract: "Convert a Hugging Face GPT-2 directory (config.json + model.safetensors) to a gpt2-dist checkpoint.",
+        discussion: """
+        Tensors are found by name (with or without the "transformer." prefix); lm_head.weight may be absent (tied).
+        Works for gpt2, gpt2-medium, gpt2-large and gpt2-xl as saved by save_pretrained.
+          gpt2-dist import-hf --from ./gpt2 --out gpt2-124M.h5
+        """
+    )
+    @Option(name: .customLong("from"), help: "Hugging Face model directory.") var from: String
+    @Option(help: "Output checkpoint (.h5); an existing file is not overwritten.") var out: String
+
+    func run() throws {
+        try runOrFail {
+            guard !FileManager.default.fileExists(atPath: out) else { throw TrainError("\(out) already exists; not overwriting it") }
+            let model = try HuggingFace.load(directory: from)
+            try ModelFile.save(model: model, step: 0, to: out)
+            print("wrote \(out): \(grouped(model.config.parameterCount)) parameters, \(model.config.nLayers) layers")
+        }
+    }
+}
+
+struct ExportHF: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "export-hf",
+        abstract: "Write a checkpoint as a Hugging Face GPT-2 directory (config.json + model.safetensors).",
+        discussion: """
+        The result loads with transformers' GPT2LMHeadModel.from_pretrained(DIR) and gives the same logits.
+          gpt2-dist export-hf --checkpoint runs/demo --out hf-demo
+        """
+    )
+    @Option(help: "Checkpoint file, `latest` pointer, or run directory.") var checkpoint: String
+    @Option(help: "Output directory.") var out: String
+
+    func run() throws {
+        try runOrFail {
+            let (model, step) = try ModelFile.load(path: checkpointPath(checkpoint))
+            for f in ["config.json", "model.safetensors"] where FileManager.default.fileExists(atPath: out + "/" + f) {
+                throw TrainError("\(out)/\(f) already exists; not overwriting it")
+            }
+            try HuggingFace.save(model: model, directory: out)
+            print("wrote \(out)/config.json and \(out)/model.safetensors (step \(step))")
+        }
+    }
+}
+
+struct Plot: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Draw RUN/loss.svg (train and validation loss vs step) from RUN/metrics.h5.")
+    @Argument(help: "Run directory.") var runDirectory: String
+
+    func run() throws {
+        try runOrFail { print("wrote \(try LossPlot.render(runDirectory: runDirectory))") }
+    }
+}

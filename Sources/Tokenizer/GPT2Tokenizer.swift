@@ -113,6 +113,31 @@ public final class GPT2Tokenizer: Sendable {
         }
     }
 
+    /// Same ids as `encode`, for large texts: pieces of about `pieceBytes` (cut where ids cannot change) are
+    /// encoded in turn, each on up to `threads` threads; `progress(bytesDone)` is called after each piece.
+    public func encode(_ text: String, threads: Int, pieceBytes: Int = 8 << 20, allowSpecial: Bool = true,
+                       progress: (Int) -> Void) -> [Int32] {
+        var text = text
+        return text.withUTF8 { buf -> [Int32] in
+            let n = buf.count
+            guard n > 0, let base = buf.baseAddress else { return [] }
+            var result = [Int32]()
+            result.reserveCapacity(n / 3)
+            var start = 0
+            while start < n {
+                var end = n
+                if n - start > pieceBytes + pieceBytes / 2 {
+                    end = safeCut(base, from: start + pieceBytes, limit: n, end: n) ?? n
+                }
+                let piece = String(decoding: UnsafeBufferPointer(start: base + start, count: end - start), as: UTF8.self)
+                result += encodeParallel(piece, threads: threads, allowSpecial: allowSpecial)
+                start = end
+                progress(start)
+            }
+            return result
+        }
+    }
+
     func encode(validUTF8 buf: UnsafeBufferPointer<UInt8>, allowSpecial: Bool) -> [Int32] {
         let n = buf.count
         guard n > 0, let base = buf.baseAddress else { return [] }

@@ -34,21 +34,14 @@ struct Generate: ParsableCommand {
             let (model, _) = try ModelFile.load(path: checkpointPath(checkpoint))
             let cfg = model.config
             var tokenizer: GPT2Tokenizer?
-            func loadTokenizer() throws -> GPT2Tokenizer {
-                if let t = tokenizer { return t }
-                let url = URL(fileURLWithPath: vocab)
-                var isDir: ObjCBool = false
-                guard FileManager.default.fileExists(atPath: vocab, isDirectory: &isDir) else {
-                    throw TrainError("GPT-2 vocabulary not found at \(vocab) (run Launch/setup, or pass --vocab)")
-                }
-                let t = isDir.boolValue ? try GPT2Tokenizer(directory: url) : try GPT2Tokenizer(tiktokenFile: url)
-                tokenizer = t
-                return t
+            func tok() throws -> GPT2Tokenizer {
+                if tokenizer == nil { tokenizer = try loadTokenizer(vocab) }
+                return tokenizer!
             }
             var ids: [Int]
             switch (prompt, promptTokens) {
             case (let text?, nil):
-                ids = try loadTokenizer().encode(text).map(Int.init)
+                ids = try tok().encode(text).map(Int.init)
             case (nil, let list?):
                 ids = try list.split(separator: ",").map {
                     guard let v = Int($0.trimmingCharacters(in: .whitespaces)) else { throw TrainError("--prompt-tokens: \"\($0)\" is not an integer") }
@@ -71,7 +64,7 @@ struct Generate: ParsableCommand {
             let dt = Runtime.now() - t0
             if tokens {
                 print(out.map(String.init).joined(separator: ","))
-            } else if cfg.vocabSize <= GPT2Tokenizer.vocabularySize, let t = try? loadTokenizer() {
+            } else if cfg.vocabSize <= GPT2Tokenizer.vocabularySize, let t = try? tok() {
                 print(try t.decode((ids + out).map { Int32($0) }))
             } else {
                 print((ids + out).map(String.init).joined(separator: ","))

@@ -21,9 +21,14 @@ Purpose
 
     Attention: --attn sdpa (default; torch.nn.functional.
     scaled_dot_product_attention) or --attn eager (explicit softmax(QK^T)).
-    On a 2-core x86 box with torch 2.13 CPU, 124M, batch 8 x 128, sdpa was
-    the faster of the two (see the Launch notes / report); both are
-    numerically the same model.
+    Both are the same model. sdpa is the default: on the 2-core AMD EPYC
+    (AVX-512) dev VM, torch 2.13.0+cpu, 124M, batch 8 x 128, 2 threads,
+    dropout 0.1, median of 5 steps: sdpa 4159 ms/step, eager 4180 ms/step
+    (a wash at T=128, where attention is a small share of the FLOPs; not
+    measured at longer T, where sdpa's fused kernel should matter more).
+
+    Timings are only meaningful on an otherwise idle machine: run nothing
+    else (no swift build / test / train) at the same time.
 
     Step timed (mirrors Sources/gpt2-dist/Bench.swift): zero grads, forward,
     mean cross-entropy vs. fixed targets, backward, [AdamW step: lr 1e-4,
@@ -50,8 +55,10 @@ How to run (from the repo root)
 What it prints
     Without --json, human-readable lines, e.g.
         torch 2.13.0+cpu, 2 thread(s), attn sdpa, dropout 0.1; model 124,439,808 parameters; batch 8 x 128
-        forward+backward: median 1234.5 ms/step (best 1200.1, forward 400.2), 830 tokens/s
-        achieved 620.3 GFLOP/s; peak RSS 2.1 GiB
+        forward+backward: median 4159.3 ms/step (best 4104.6, forward 1540.2), 246 tokens/s
+        achieved 187.3 GFLOP/s; peak RSS 3.3 GiB
+    ("forward" includes the cross-entropy; with --optimizer an ", AdamW x"
+    time is added and the step time includes it.)
     With --json, one JSON object:
         {"ms_per_step", "best_ms_per_step", "forward_ms", "optimizer_ms" (null
          without --optimizer), "tokens_per_s", "gflops", "peak_rss_bytes",

@@ -15,7 +15,10 @@ public struct TrainOptions: Codable, Equatable, Sendable {
     public var lr = 6e-4
     public var minLR = 6e-5
     public var warmupSteps = 0
-    public var lrSchedule = "cosine"
+    /// Constant after warmup by default, so extending a run (--resume --steps N) never changes steps already taken;
+    /// cosine decays to --min-lr over --lr-decay-steps (default --steps).
+    public var lrSchedule = "constant"
+    public var lrDecaySteps: Int? = nil
     public var weightDecay = 0.1
     public var beta1 = 0.9
     public var beta2 = 0.95
@@ -42,7 +45,7 @@ public struct TrainOptions: Codable, Equatable, Sendable {
     enum CodingKeys: String, CodingKey, CaseIterable {
         case config, data, val, out, steps, lr, eps, seed, shuffle, threads, zero, recompute, overlap
         case batchSize = "batch-size", microBatchSize = "micro-batch-size", seqLen = "seq-len", minLR = "min-lr"
-        case warmupSteps = "warmup-steps", lrSchedule = "lr-schedule", weightDecay = "weight-decay"
+        case warmupSteps = "warmup-steps", lrSchedule = "lr-schedule", lrDecaySteps = "lr-decay-steps", weightDecay = "weight-decay"
         case beta1, beta2, gradClip = "grad-clip", initFrom = "init", resume, ckptEvery = "ckpt-every"
         case keepCheckpoints = "keep-checkpoints", evalEvery = "eval-every", evalBatches = "eval-batches"
         case bucketMB = "bucket-mb", checksumEvery = "checksum-every", maxBadSteps = "max-bad-steps"

@@ -96,7 +96,8 @@ public final class Trainer {
         if resumePath == nil && !TrainCheckpoint.list(directory: o.out).isEmpty {
             throw TrainError("\(o.out) already holds checkpoints; pass --resume to continue that run or choose another --out")
         }
-        let schedule = LRSchedule(kind: kind, lr: o.lr, minLR: o.minLR, warmupSteps: o.warmupSteps, totalSteps: o.steps)
+        guard (o.lrDecaySteps ?? 1) > 0 else { throw TrainError("--lr-decay-steps must be positive") }
+        let schedule = LRSchedule(kind: kind, lr: o.lr, minLR: o.minLR, warmupSteps: o.warmupSteps, totalSteps: o.lrDecaySteps ?? o.steps)
         return Setup(config: config, train: train, val: val, micro: micro, accumulation: o.batchSize / (micro * n),
                      resumePath: resumePath, initPath: o.initFrom, schedule: schedule)
     }
@@ -217,7 +218,8 @@ public final class Trainer {
                 graph.backward(progress: last && reducer.overlap ? { reducer.ready(from: $0) } : nil)
             }
             reducer.finish()
-            var agreed = [lossSum, StopSignal.requested ? 1 : 0]
+            // One all-reduce carries the loss and whether any rank was asked to stop (and by which signal).
+            var agreed = [lossSum, StopSignal.requested ? 1 : 0, StopSignal.requested && StopSignal.name == "SIGINT" ? 1 : 0]
             comm.allReduceSum(&agreed)
             let loss = agreed[0] / Double(B * T)
             let norm = gradientNorm(params.gradients.pointer, params.count)
@@ -254,7 +256,7 @@ public final class Trainer {
             let stopping = agreed[1] > 0
             if o.evalEvery > 0 && (step % o.evalEvery == 0 || step == o.steps) && !stopping { try validate(step: step) }
             if stopping {
-                if comm.isRoot { log("  \(StopSignal.requested ? StopSignal.name : "stop signal") received: stopping after step \(step)") }
+                if comm.isRoot { log("  \(agreed[2] > 0 ? "SIGINT" : "SIGTERM") received by a rank: stopping after step \(step)") }
                 try saveCheckpoint(step: step)
                 return
             }

@@ -36,7 +36,8 @@ struct Train: ParsableCommand {
     @Option(help: "Peak learning rate (default 6e-4).") var lr: Double?
     @Option(help: "Final learning rate of the cosine schedule (default 6e-5).") var minLr: Double?
     @Option(help: "Linear warmup steps (default 0).") var warmupSteps: Int?
-    @Option(help: "cosine or constant (default cosine).") var lrSchedule: String?
+    @Option(help: "constant (after warmup; default) or cosine (to --min-lr at --lr-decay-steps).") var lrSchedule: String?
+    @Option(help: "Steps over which cosine decays (default --steps).") var lrDecaySteps: Int?
     @Option(help: "AdamW weight decay on matrices and embeddings (default 0.1).") var weightDecay: Double?
     @Option(help: "AdamW beta1 (default 0.9).") var beta1: Double?
     @Option(help: "AdamW beta2 (default 0.95).") var beta2: Double?
@@ -71,6 +72,7 @@ struct Train: ParsableCommand {
         if let v = minLr { o.minLR = v }
         if let v = warmupSteps { o.warmupSteps = v }
         if let v = lrSchedule { o.lrSchedule = v }
+        if let v = lrDecaySteps { o.lrDecaySteps = v }
         if let v = weightDecay { o.weightDecay = v }
         if let v = beta1 { o.beta1 = v }
         if let v = beta2 { o.beta2 = v }

@@ -1,0 +1,273 @@
+import Checkpoint
+import Foundation
+import GPT2
+import Testing
+import Training
+
+/// Runs the gpt2-dist binary built beside this test bundle, under mpirun when ranks > 0.
+struct CLI {
+    static let binary: String = {
+        let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
+        for candidate in [dir, dir.deletingLastPathComponent()] {
+            let p = candidate.appendingPathComponent("gpt2-dist").path
+            if FileManager.default.isExecutableFile(atPath: p) { return p }
+        }
+        return repoRoot + "/.build/debug/gpt2-dist"
+    }()
+
+    struct Result { var status: Int32; var stdout: String; var stderr: String }
+
+    /// A child mpirun must not inherit OMPI_*/PMIX_* variables (it would exit silently).
+    static var environment: [String: String] {
+        var env = ProcessInfo.processInfo.environment.filter { !$0.key.hasPrefix("OMPI_") && !$0.key.hasPrefix("PMIX_") }
+        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+        env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+        return env
+    }
+
+    /// `graceful`: give ranks time after SIGTERM (mpirun then also waits that long after any failed rank).
+    static func process(ranks: Int, _ args: [String], graceful: Bool = false) -> Process {
+        let p = Process()
+        if ranks > 0 {
+            p.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+            p.arguments = ["mpirun", "-np", String(ranks), "--oversubscribe", "--bind-to", "none"]
+                + (graceful ? ["--mca", "odls_base_sigkill_timeout", "30"] : []) + [binary] + args
+        } else {
+            p.executableURL = URL(fileURLWithPath: binary)
+            p.arguments = args
+        }
+        p.environment = environment
+        return p
+    }
+
+    @discardableResult
+    static func run(ranks: Int = 0, _ args: [String], timeout: Double = 180) throws -> Result {
+        let p = process(ranks: ranks, args)
+        let out = Pipe(), err = Pipe()
+        p.standardOutput = out; p.standardError = err
+        try p.run()
+        // A hung job fails the test instead of stalling the suite.
+        let watchdog = DispatchWorkItem { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: watchdog)
+        defer { watchdog.cancel() }
+        let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    }
+}
+
+let tinyTokens = fixtures + "/tiny-gpt2/tokens.bin"
+
+func writeConfig(_ dir: String, dropRate: Double) throws -> String {
+    let path = dir + "/model.json"
+    try #"{"vocab_size": 512, "context_length": 64, "emb_dim": 64, "n_heads": 4, "n_layers": 2, "drop_rate": \#(dropRate), "qkv_bias": true}"#
+        .write(toFile: path, atomically: true, encoding: .utf8)
+    return path
+}
+
+func trainArgs(config: String, out: String, steps: Int, extra: [String] = []) -> [String] {
+    ["train", "--config", config, "--data", tinyTokens, "--out", out, "--steps", String(steps), "--batch-size", "4",
+     "--seq-len", "32", "--lr", "3e-3", "--warmup-steps", "2", "--threads", "1", "--seed", "5"] + extra
+}
+
+func losses(_ out: String) throws -> [Double] { try MetricsLog.read(path: out + "/metrics.h5")["train_loss"] ?? [] }
+
+func expectClose(_ a: [Double], _ b: [Double], rel: Double, _ what: String, sourceLocation: SourceLocation = #_sourceLocation) {
+    #expect(a.count == b.count, "\(what): \(a.count) vs \(b.count) steps", sourceLocation: sourceLocation)
+    for (i, (x, y)) in zip(a, b).enumerated() {
+        #expect(abs(x - y) <= rel * abs(y), "\(what): step \(i + 1) loss \(x) vs \(y)", sourceLocation: sourceLocation)
+    }
+}
+
+/// mpirun must start a new job per test: these run one after another.
+@Suite(.serialized) struct MultiRankTests {
+    @Test func rankCountDoesNotChangeLosses() throws {
+        let dir = tmpDir("ranks")
+        let cfg = try writeConfig(dir, dropRate: 0.1)  // dropout masks must not depend on the rank count either
+        var results: [Int: [Double]] = [:]
+        for np in [1, 2, 4] {
+            let r = try CLI.run(ranks: np, trainArgs(config: cfg, out: dir + "/np\(np)", steps: 6))
+            #expect(r.status == 0, "np \(np) failed: \(r.stderr)")
+            results[np] = try losses(dir + "/np\(np)")
+        }
+        #expect(results[1]!.count == 6)
+        expectClose(results[2]!, results[1]!, rel: 1e-5, "np 2 vs np 1")
+        expectClose(results[4]!, results[1]!, rel: 1e-5, "np 4 vs np 1")
+        #expect(results[1]!.last! < results[1]!.first!, "loss did not decrease: \(results[1]!)")
+    }
+
+    @Test func gradientAccumulationEqualsLargeMicroBatch() throws {
+        let dir = tmpDir("accum")
+        let cfg = try writeConfig(dir, dropRate: 0.1)
+        let a = try CLI.run(ranks: 2, trainArgs(config: cfg, out: dir + "/micro1", steps: 5, extra: ["--micro-batch-size", "1"]))
+        #expect(a.status == 0, "\(a.stderr)")
+        let b = try CLI.run(ranks: 1, trainArgs(config: cfg, out: dir + "/micro4", steps: 5))
+        #expect(b.status == 0, "\(b.stderr)")
+        expectClose(try losses(dir + "/micro1"), try losses(dir + "/micro4"), rel: 1e-5, "micro 1 x 2 ranks x 2 accumulation vs micro 4")
+    }
+
+    @Test func resumeIsBitIdentical() throws {
+        let dir = tmpDir("resume")
+        let cfg = try writeConfig(dir, dropRate: 0.1)
+        let straight = try CLI.run(ranks: 2, trainArgs(config: cfg, out: dir + "/straight", steps: 20))
+        #expect(straight.status == 0, "\(straight.stderr)")
+        let first = try CLI.run(ranks: 2, trainArgs(config: cfg, out: dir + "/split", steps: 10))
+        #expect(first.status == 0, "\(first.stderr)")
+        let second = try CLI.run(ranks: 2, trainArgs(config: cfg, out: dir + "/split", steps: 20, extra: ["--resume"]))
+        #expect(second.status == 0, "\(second.stderr)")
+        #expect(second.stdout.contains("resumed from"))
+        let a = try losses(dir + "/straight"), b = try losses(dir + "/split")
+        #expect(a.count == 20 && a == b, "resume changed losses:\n\(a)\n\(b)")
+        // A different rank count resumes too, equal within float tolerance.
+        let other = try CLI.run(ranks: 1, trainArgs(config: cfg, out: dir + "/split", steps: 25, extra: ["--resume"]))
+        #expect(other.status == 0, "\(other.stderr)")
+        let more = try CLI.run(ranks: 2, trainArgs(config: cfg, out: dir + "/straight", steps: 25, extra: ["--resume"]))
+        #expect(more.status == 0, "\(more.stderr)")
+        expectClose(Array(try losses(dir + "/split").suffix(5)), Array(try losses(dir + "/straight").suffix(5)), rel: 1e-5,
+                    "resume at np 1 vs np 2")
+    }
+
+    @Test func sigtermStopsAllRanksWithACheckpoint() throws {
+        let dir = tmpDir("sigterm")
+        let cfg = try writeConfig(dir, dropRate: 0)
+        let out = dir + "/run"
+        let p = CLI.process(ranks: 2, trainArgs(config: cfg, out: out, steps: 100_000), graceful: true)
+        let so = Pipe(), se = Pipe()
+        p.standardOutput = so; p.standardError = se
+        try p.run()
+        // Wait until training runs, then signal ONE rank (as a cluster preempting a node would).
+        let deadline = Date().addingTimeInterval(60)
+        var rankPID: Int32?
+        while Date() < deadline {
+            if let m = try? MetricsLog.read(path: out + "/metrics.h5"), (m["step"]?.count ?? 0) >= 3 {
+                rankPID = childPIDs(of: p.processIdentifier).last
+                if rankPID != nil { break }
+            }
+            usleep(100_000)
+        }
+        guard let pid = rankPID else {
+            p.terminate()
+            Issue.record("training did not start")
+            return
+        }
+        kill(pid, SIGTERM)
+        let o = so.fileHandleForReading.readDataToEndOfFile()
+        p.waitUntilExit()
+        let text = String(decoding: o, as: UTF8.self)
+        #expect(p.terminationStatus == 0, "mpirun exit \(p.terminationStatus): \(text.suffix(500))")
+        #expect(text.contains("SIGTERM received by a rank"))
+        let ckpt = TrainCheckpoint.newestComplete(directory: out)
+        #expect(ckpt != nil)
+        let stopped = try losses(out).count
+        let r = try CLI.run(ranks: 2, trainArgs(config: cfg, out: out, steps: stopped + 3, extra: ["--resume"]))
+        #expect(r.status == 0, "\(r.stderr)")
+        #expect(try losses(out).count == stopped + 3)
+    }
+
+    @Test func brokenNewestCheckpointFallsBackToPreviousOne() throws {
+        let dir = tmpDir("crash")
+        let cfg = try writeConfig(dir, dropRate: 0)
+        let out = dir + "/run"
+        let r = try CLI.run(ranks: 1, trainArgs(config: cfg, out: out, steps: 4, extra: ["--ckpt-every", "2"]))
+        #expect(r.status == 0, "\(r.stderr)")
+        // What a kill -9 in the middle of writing step 6 could leave: a half-written temporary file, and even a
+        // truncated file under the final name with `latest` pointing at it.
+        let good = out + "/" + TrainCheckpoint.fileName(step: 4)
+        let data = try Data(contentsOf: URL(fileURLWithPath: good))
+        try data.prefix(data.count / 2).write(to: URL(fileURLWithPath: out + "/" + TrainCheckpoint.fileName(step: 6)))
+        try data.prefix(1000).write(to: URL(fileURLWithPath: out + "/.ckpt-00000008.h5.tmp-123"))
+        try "ckpt-00000006.h5\n".write(toFile: out + "/latest", atomically: true, encoding: .utf8)
+        #expect(TrainCheckpoint.newestComplete(directory: out) == good)
+        let again = try CLI.run(ranks: 1, trainArgs(config: cfg, out: out, steps: 6, extra: ["--resume"]))
+        #expect(again.status == 0, "\(again.stderr)")
+        #expect(again.stdout.contains("resumed from \(good) at step 4"))
+    }
+
+    @Test func killDuringTrainingNeverLeavesAnUnreadableNewestCheckpoint() throws {
+        let dir = tmpDir("kill9")
+        let cfg = try writeConfig(dir, dropRate: 0)
+        let out = dir + "/run"
+        for delay in [0.35, 0.55, 0.8] {
+            let p = CLI.process(ranks: 0, trainArgs(config: cfg, out: out, steps: 100_000, extra: ["--ckpt-every", "1", "--keep-checkpoints", "2"]
+                                                    + (FileManager.default.fileExists(atPath: out + "/latest") ? ["--resume"] : [])))
+            p.standardOutput = FileHandle.nullDevice; p.standardError = FileHandle.nullDevice
+            try p.run()
+            usleep(useconds_t(delay * 1_000_000) + 400_000)
+            kill(p.processIdentifier, SIGKILL)
+            p.waitUntilExit()
+            if let c = TrainCheckpoint.newestComplete(directory: out) {
+                #expect(try ModelFile.load(path: c).step > 0)
+            }
+        }
+        let r = try CLI.run(ranks: 0, trainArgs(config: cfg, out: out, steps: 1, extra: ["--resume"]))
+        // Either resumes (and has nothing left to do) or had no complete checkpoint yet: never a read error.
+        #expect(!r.stderr.contains("corrupt") && !r.stderr.contains("cannot open"), "\(r.stderr)")
+    }
+
+    @Test func badInputsFailWithOneLineAndTouchNothing() throws {
+        let dir = tmpDir("bad")
+        let cfg = try writeConfig(dir, dropRate: 0)
+        let out = dir + "/run"
+        #expect(try CLI.run(ranks: 1, trainArgs(config: cfg, out: out, steps: 2)).status == 0)
+        func snapshot() -> [String: Data] {
+            var s: [String: Data] = [:]
+            for f in (try? FileManager.default.contentsOfDirectory(atPath: out)) ?? [] {
+                s[f] = FileManager.default.contents(atPath: out + "/" + f)
+            }
+            return s
+        }
+        let before = snapshot()
+        let wrongMagic = dir + "/magic.bin", badToken = dir + "/token.bin", truncated = dir + "/trunc.bin"
+        var header = [Int32](repeating: 0, count: 256)
+        header[0] = 1234; header[1] = 1; header[2] = 10
+        try (Data(bytes: header, count: 1024) + Data(count: 20)).write(to: URL(fileURLWithPath: wrongMagic))
+        header[0] = 20_240_520
+        var tokens = [UInt16](repeating: 3, count: 10); tokens[7] = 600
+        try (Data(bytes: header, count: 1024) + Data(bytes: tokens, count: 20)).write(to: URL(fileURLWithPath: badToken))
+        try (Data(bytes: header, count: 1024) + Data(count: 7)).write(to: URL(fileURLWithPath: truncated))
+        let otherCfg = dir + "/other.json"
+        try #"{"vocab_size": 512, "context_length": 64, "emb_dim": 32, "n_heads": 4, "n_layers": 2, "drop_rate": 0, "qkv_bias": true}"#
+            .write(toFile: otherCfg, atomically: true, encoding: .utf8)
+        let badJSON = dir + "/bad.json"
+        try #"{"vocab_size": 512, "context_length": 64, "emb_dim": 30, "n_heads": 4, "n_layers": 2, "drop_rate": 0, "qkv_bias": true}"#
+            .write(toFile: badJSON, atomically: true, encoding: .utf8)
+        let fileNotDir = dir + "/plainfile"
+        try "x".write(toFile: fileNotDir, atomically: true, encoding: .utf8)
+
+        let cases: [(String, Int, [String], String)] = [
+            ("missing data", 1, ["train", "--config", cfg, "--data", dir + "/nope.bin", "--out", out, "--resume", "--seq-len", "32"], "no token files"),
+            ("wrong magic", 1, ["train", "--config", cfg, "--data", wrongMagic, "--out", out, "--resume", "--seq-len", "4"], "magic"),
+            ("token out of range", 1, ["train", "--config", cfg, "--data", badToken, "--out", out, "--resume", "--seq-len", "4"], "out of range"),
+            ("truncated tokens", 1, ["train", "--config", cfg, "--data", truncated, "--out", out, "--resume", "--seq-len", "4"], "truncated"),
+            ("seq-len too long", 1, trainArgs(config: cfg, out: out, steps: 3, extra: ["--seq-len", "65", "--resume"]), "context_length"),
+            ("batch not divisible", 2, trainArgs(config: cfg, out: out, steps: 3, extra: ["--batch-size", "3", "--resume"]), "divisible"),
+            ("config mismatch on resume", 1, trainArgs(config: otherCfg, out: out, steps: 3, extra: ["--resume"]), "differs"),
+            ("invalid config", 1, trainArgs(config: badJSON, out: out, steps: 3, extra: ["--resume"]), "divisible by n_heads"),
+            ("existing run without --resume", 1, trainArgs(config: cfg, out: out, steps: 3), "--resume"),
+            ("unwritable out", 1, trainArgs(config: cfg, out: fileNotDir + "/run", steps: 3), "--out"),
+            ("init with another config", 1, trainArgs(config: otherCfg, out: dir + "/fresh", steps: 3,
+                                                     extra: ["--init", out + "/" + TrainCheckpoint.fileName(step: 2)]), "differs"),
+        ]
+        for (name, np, args, needle) in cases {
+            let t0 = Date()
+            let r = try CLI.run(ranks: np, args, timeout: 60)
+            #expect(Date().timeIntervalSince(t0) < 50, "\(name): took \(Date().timeIntervalSince(t0)) s")
+            #expect(r.status != 0, "\(name): exit status 0")
+            let lines = r.stderr.split(separator: "\n").filter { $0.contains("gpt2-dist: error") }
+            #expect(lines.count == 1, "\(name): expected one error line, got:\n\(r.stderr)")
+            #expect(r.stderr.contains(needle), "\(name): error does not mention \(needle):\n\(r.stderr)")
+        }
+        #expect(snapshot() == before, "a failed run changed files in --out")
+    }
+}
+
+/// Direct children of a process (the ranks mpirun started).
+func childPIDs(of parent: Int32) -> [Int32] {
+    var found: [Int32] = []
+    for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+        guard let pid = Int32(entry), let stat = try? String(contentsOfFile: "/proc/\(entry)/stat", encoding: .utf8) else { continue }
+        let fields = stat.split(separator: ")").last?.split(separator: " ") ?? []
+        if fields.count > 2, Int32(fields[1]) == parent { found.append(pid) }
+    }
+    return found.sorted()
+}

@@ -37,9 +37,10 @@ public final class FloatBuffer: @unchecked Sendable {
 
     public var buffer: UnsafeMutableBufferPointer<Float> { UnsafeMutableBufferPointer(start: pointer, count: count) }
     public func zero() { memset(pointer, 0, count * MemoryLayout<Float>.stride) }
+    /// Copies the first `other.count` values (buffers may differ only in trailing padding).
     public func copy(from other: FloatBuffer) {
-        precondition(other.count == count, "buffer size mismatch")
-        memcpy(pointer, other.pointer, count * MemoryLayout<Float>.stride)
+        precondition(other.count <= count, "buffer size mismatch")
+        memcpy(pointer, other.pointer, other.count * MemoryLayout<Float>.stride)
     }
 }
 

@@ -39,10 +39,13 @@ public final class Parameters: @unchecked Sendable {
     public let values: FloatBuffer
     public let gradients: FloatBuffer
 
-    public init(layout: ParameterLayout) {
+    /// `paddedCount` (>= the parameter count) reserves zeroed room after the last parameter, so that
+    /// collectives can split the buffers into equal per-rank blocks (ZeRO-1 reduce-scatter / all-gather).
+    public init(layout: ParameterLayout, paddedCount: Int? = nil) {
         self.layout = layout
-        values = FloatBuffer(count: layout.totalCount)
-        gradients = FloatBuffer(count: layout.totalCount)
+        let n = max(paddedCount ?? layout.totalCount, layout.totalCount)
+        values = FloatBuffer(count: n)
+        gradients = FloatBuffer(count: n)
     }
 
     public var count: Int { layout.totalCount }

@@ -36,7 +36,7 @@ public enum ModelFile {
         }
     }
 
-    static func createGroups(_ f: HDF5File, _ path: String) throws {
+    public static func createGroups(_ f: HDF5File, _ path: String) throws {
         var prefix = ""
         for part in path.split(separator: "/") {
             prefix += "/" + part

@@ -128,6 +128,34 @@ public final class Communicator: @unchecked Sendable {
         check(MPI_Reduce_scatter_block(buffer, out, Int32(count), gd_mpi_float(), gd_mpi_sum(), comm), "reduce-scatter")
     }
 
+    /// All-gather where rank r's block already sits at buffer + r * countPerRank.
+    public func allGatherInPlace(_ buffer: UnsafeMutablePointer<Float>, countPerRank: Int) {
+        guard usesMPI, size > 1 else { return }
+        check(MPI_Allgather(gd_mpi_in_place(), 0, gd_mpi_float(), buffer, Int32(countPerRank), gd_mpi_float(), comm), "allgather")
+    }
+
+    /// Root receives counts[r] floats from each rank r at out + displacements[r].
+    public func gather(_ send: UnsafePointer<Float>, count: Int, into out: UnsafeMutablePointer<Float>?,
+                       counts: [Int], displacements: [Int], root: Int = 0) {
+        guard usesMPI, size > 1 else {
+            if let out, count > 0 { memcpy(out + displacements[0], send, count * 4) }
+            return
+        }
+        let c = counts.map { Int32($0) }, d = displacements.map { Int32($0) }
+        check(MPI_Gatherv(send, Int32(count), gd_mpi_float(), out, c, d, gd_mpi_float(), Int32(root), comm), "gather")
+    }
+
+    /// Root sends counts[r] floats from buffer + displacements[r] to each rank r.
+    public func scatter(_ buffer: UnsafePointer<Float>?, counts: [Int], displacements: [Int],
+                        into out: UnsafeMutablePointer<Float>, count: Int, root: Int = 0) {
+        guard usesMPI, size > 1 else {
+            if let buffer, count > 0 { memcpy(out, buffer + displacements[0], count * 4) }
+            return
+        }
+        let c = counts.map { Int32($0) }, d = displacements.map { Int32($0) }
+        check(MPI_Scatterv(buffer, c, d, gd_mpi_float(), out, Int32(count), gd_mpi_float(), Int32(root), comm), "scatter")
+    }
+
     public func barrier() {
         guard usesMPI, size > 1 else { return }
         check(MPI_Barrier(comm), "barrier")

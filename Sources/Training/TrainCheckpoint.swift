@@ -21,47 +21,99 @@ public struct TrainState {
 public enum TrainCheckpoint {
     public static func fileName(step: Int) -> String { String(format: "ckpt-%08d.h5", step) }
 
-    /// Writes params, full optimizer state and attributes; refuses non-finite values.
-    public static func save(path: String, model: GPT2Model, m: UnsafePointer<Float>, v: UnsafePointer<Float>, state: TrainState) throws {
-        let layout = model.parameters.layout
-        for (what, p) in [("parameters", UnsafePointer(model.parameters.values.pointer)), ("optimizer m", m), ("optimizer v", v)] {
-            for i in 0..<layout.totalCount where !p[i].isFinite {
+    /// Writes one checkpoint: header and parameters first, then optimizer tensors one at a time (so a sharded
+    /// optimizer state can be gathered tensor by tensor), then the attributes; `finish` syncs and renames it
+    /// into place. Nothing non-finite is ever written. If anything fails the temporary file is removed.
+    public final class Writer {
+        public let path: String
+        let tmp: String
+        let file: HDF5File
+
+        public init(path: String, model: GPT2Model, step: Int) throws {
+            self.path = path
+            let url = URL(fileURLWithPath: path)
+            tmp = url.deletingLastPathComponent().path + "/." + url.lastPathComponent + ".tmp-\(getpid())"
+            file = try HDF5File.create(tmp)
+            do {
+                let p = model.parameters
+                try checkFinite(p.values.pointer, p.count, "parameters")
+                try ModelFile.writeHeader(file, config: model.config, step: step)
+                try ModelFile.writeTensors(file, group: "/params", layout: p.layout, from: p.values.pointer)
+                try ModelFile.createGroups(file, "/optimizer/m")
+                try ModelFile.createGroups(file, "/optimizer/v")
+            } catch {
+                abandon()
+                throw error
+            }
+        }
+
+        /// `group` is "m" or "v".
+        public func write(_ group: String, _ e: ParameterEntry, _ data: UnsafePointer<Float>) throws {
+            do {
+                try checkFinite(data, e.count, "optimizer \(group) of \(e.name)")
+                try file.writeFloats("/optimizer/\(group)/\(e.name)", shape: e.shape, data)
+            } catch {
+                abandon()
+                throw error
+            }
+        }
+
+        public func finish(_ state: TrainState) throws {
+            do {
+                try file.setAttribute("/", "tokens_seen", int: state.tokensSeen)
+                try file.setAttribute("/", "data_cursor", int: state.dataCursor)
+                try file.setAttribute("/", "seed", int: state.seed)
+                try file.setAttribute("/", "adam_t", int: state.step)
+                try file.setAttribute("/", "run_config", string: state.runConfig)
+                file.close()
+                try AtomicFile.fsync(path: tmp)
+                guard rename(tmp, path) == 0 else { throw TrainError("cannot rename \(tmp) to \(path)") }
+                try? AtomicFile.fsync(path: URL(fileURLWithPath: path).deletingLastPathComponent().path)
+            } catch {
+                abandon()
+                throw error
+            }
+        }
+
+        public func abandon() {
+            file.close()
+            unlink(tmp)
+        }
+
+        func checkFinite(_ p: UnsafePointer<Float>, _ n: Int, _ what: String) throws {
+            for i in 0..<n where !p[i].isFinite {
                 throw TrainError("refusing to write a checkpoint: \(what) hold a non-finite value")
             }
         }
-        try AtomicFile.write(path) { tmp in
-            let f = try HDF5File.create(tmp)
-            try ModelFile.writeHeader(f, config: model.config, step: state.step)
-            try ModelFile.writeTensors(f, group: "/params", layout: layout, from: model.parameters.values.pointer)
-            try ModelFile.writeTensors(f, group: "/optimizer/m", layout: layout, from: m)
-            try ModelFile.writeTensors(f, group: "/optimizer/v", layout: layout, from: v)
-            try f.setAttribute("/", "tokens_seen", int: state.tokensSeen)
-            try f.setAttribute("/", "data_cursor", int: state.dataCursor)
-            try f.setAttribute("/", "seed", int: state.seed)
-            try f.setAttribute("/", "adam_t", int: state.step)
-            try f.setAttribute("/", "run_config", string: state.runConfig)
-            f.close()
-        }
     }
 
-    /// Reads a training checkpoint into `model` (which must have the checkpoint's config) and m, v.
-    public static func load(path: String, model: GPT2Model, m: UnsafeMutablePointer<Float>, v: UnsafeMutablePointer<Float>) throws -> TrainState {
-        let f = try HDF5File.open(path)
-        defer { f.close() }
-        let cfg = try ModelFile.readConfig(f)
-        guard cfg == model.config else {
-            throw TrainError("\(path): checkpoint model config \(cfg.jsonString.replacingOccurrences(of: "\n", with: "")) does not match the run's config")
+    /// Reads a training checkpoint: parameters into the model (whose config must match), optimizer tensors on demand.
+    public final class Reader {
+        public let path: String
+        let file: HDF5File
+        public let state: TrainState
+
+        public init(path: String, model: GPT2Model) throws {
+            self.path = path
+            file = try HDF5File.open(path)
+            let cfg = try ModelFile.readConfig(file)
+            guard cfg == model.config else {
+                throw TrainError("\(path): checkpoint model config \(cfg.jsonString.replacingOccurrences(of: "\n", with: "")) does not match the run's config")
+            }
+            try ModelFile.readTensors(file, group: "/params", layout: model.parameters.layout, into: model.parameters.values.pointer)
+            guard file.exists("/optimizer/m"), file.exists("/optimizer/v") else {
+                throw TrainError("\(path): no optimizer state (a model-only file); use --init to start from its weights")
+            }
+            state = TrainState(step: try file.intAttribute("/", "step"), tokensSeen: try file.intAttribute("/", "tokens_seen"),
+                               dataCursor: try file.intAttribute("/", "data_cursor"), seed: try file.intAttribute("/", "seed"),
+                               runConfig: try file.stringAttribute("/", "run_config"))
         }
-        let layout = model.parameters.layout
-        try ModelFile.readTensors(f, group: "/params", layout: layout, into: model.parameters.values.pointer)
-        guard f.exists("/optimizer/m"), f.exists("/optimizer/v") else {
-            throw TrainError("\(path): no optimizer state (a model-only file); use --init to start from its weights")
+
+        public func read(_ group: String, _ e: ParameterEntry, into out: UnsafeMutablePointer<Float>) throws {
+            try file.readFloats("/optimizer/\(group)/\(e.name)", shape: e.shape, into: out)
         }
-        try ModelFile.readTensors(f, group: "/optimizer/m", layout: layout, into: m)
-        try ModelFile.readTensors(f, group: "/optimizer/v", layout: layout, into: v)
-        return TrainState(step: try f.intAttribute("/", "step"), tokensSeen: try f.intAttribute("/", "tokens_seen"),
-                          dataCursor: try f.intAttribute("/", "data_cursor"), seed: try f.intAttribute("/", "seed"),
-                          runConfig: try f.stringAttribute("/", "run_config"))
+
+        public func close() { file.close() }
     }
 
     public static func readConfig(path: String) throws -> GPT2Config {

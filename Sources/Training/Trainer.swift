@@ -119,20 +119,25 @@ public final class Trainer {
         if let message = comm.agreeOnFailure(failure) { throw TrainError(message) }
         let s = setup!
         let cfg = s.config, n = comm.size, B = o.batchSize, T = o.seqLen
-        let model = GPT2Model(config: cfg)
+        let sharding = OptimizerSharding(total: cfg.parameterCount, ranks: n, rank: comm.rank, sharded: o.zero == 1 && n > 1)
+        let model = GPT2Model(config: cfg, paddedCount: sharding.paddedCount)
         let params = model.parameters
-        let opt = AdamW(layout: params.layout, hyper: {
+        let opt = AdamW(layout: params.layout, slice: sharding.mine, hyper: {
             var h = AdamW.Hyper(); h.beta1 = o.beta1; h.beta2 = o.beta2; h.eps = o.eps; h.weightDecay = o.weightDecay; return h
         }())
+        let shardGradients = sharding.sharded ? FloatBuffer(count: sharding.blockSize) : nil
+        let largestTensor = params.layout.entries.map(\.count).max()!
 
-        // Identical starting point on every rank: rank 0 reads or initialises, then broadcasts.
+        // Identical starting point on every rank: rank 0 reads or initialises, then broadcasts; AdamW state
+        // goes tensor by tensor to whichever ranks hold it.
         var startStep = 0, tokensSeen = 0
         var loadError: String?
+        var reader: TrainCheckpoint.Reader?
         if comm.isRoot {
             do {
                 if let r = s.resumePath {
-                    let st = try TrainCheckpoint.load(path: r, model: model, m: opt.m.pointer, v: opt.v.pointer)
-                    startStep = st.step; tokensSeen = st.tokensSeen
+                    reader = try TrainCheckpoint.Reader(path: r, model: model)
+                    startStep = reader!.state.step; tokensSeen = reader!.state.tokensSeen
                 } else if let i = s.initPath {
                     let (loaded, _) = try ModelFile.load(path: i)
                     params.values.copy(from: loaded.parameters.values)
@@ -143,17 +148,29 @@ public final class Trainer {
         }
         if let message = comm.agreeOnFailure(loadError) { throw TrainError(message) }
         comm.broadcast(params.values.pointer, count: params.count)
-        comm.broadcast(opt.m.pointer, count: opt.m.count)
-        comm.broadcast(opt.v.pointer, count: opt.v.count)
-        var counters = [Double(startStep), Double(tokensSeen)]
+        var counters = [Double(startStep), Double(tokensSeen), s.resumePath == nil ? 0 : 1]
         comm.broadcast(&counters)
         startStep = Int(counters[0]); tokensSeen = Int(counters[1])
+        if counters[2] > 0 {
+            let scratch = FloatBuffer(count: largestTensor)
+            for (group, local) in [("m", opt.m.pointer), ("v", opt.v.pointer)] {
+                for e in params.layout.entries {
+                    if let r = reader, loadError == nil {
+                        do { try r.read(group, e, into: scratch.pointer) } catch { loadError = "\(error)" }
+                    }
+                    sharding.scatter(e, full: scratch.pointer, local: local, comm: comm)
+                }
+            }
+            reader?.close()
+            if let message = comm.agreeOnFailure(loadError) { throw TrainError(message) }
+        }
 
         let graph = GPT2Graph(model: model, batch: s.micro, seqLen: T, mode: .train)
         graph.lossGradScale = 1 / Float(B * T)  // summed over micro-batches and ranks = the global mean
         let order = try BatchOrder(tokenCount: s.train.count, batchSize: B, seqLen: T, shuffleSeed: o.shuffle ? UInt64(o.seed) : nil)
+        // Plain data parallelism sums gradients in buckets that overlap backward; ZeRO-1 reduce-scatters them after it.
         let reducer = BucketedAllReduce(comm: comm, base: params.gradients.pointer, count: params.count,
-                                        bucketFloats: max(1, Int(o.bucketMB * 1_048_576 / 4)), overlap: o.overlap)
+                                        bucketFloats: max(1, Int(o.bucketMB * 1_048_576 / 4)), overlap: o.overlap && !sharding.sharded)
         let peak = Runtime.measureSgemmPeak(seconds: 0.3)
         let flopsPerStep = cfg.flopsPerToken(seqLen: T) * Double(B * T)
         let metrics = comm.isRoot ? try MetricsLog(path: o.out + "/metrics.h5") : nil
@@ -165,6 +182,9 @@ public final class Trainer {
             log("  batch \(B) x \(T) tokens = micro \(s.micro) x \(n) ranks x \(s.accumulation) accumulation; "
                 + "train tokens \(s.train.count)\(s.val.map { ", val tokens \($0.count)" } ?? ""); "
                 + "sgemm peak \(String(format: "%.0f", peak / 1e9)) GFLOP/s per rank; activations \(Runtime.formatBytes(Double(graph.activationBytes)))")
+            if sharding.sharded {
+                log("  ZeRO-1: AdamW state sharded, \(sharding.blockSize) of \(cfg.parameterCount) parameters per rank")
+            }
             if let r = s.resumePath { log("  resumed from \(r) at step \(startStep)") }
             if let i = s.initPath { log("  initialised from \(i)") }
         }
@@ -176,11 +196,25 @@ public final class Trainer {
 
         func saveCheckpoint(step: Int) throws {
             var failure: String?
+            let path = o.out + "/" + TrainCheckpoint.fileName(step: step)
+            var writer: TrainCheckpoint.Writer?
             if comm.isRoot {
+                do { writer = try TrainCheckpoint.Writer(path: path, model: model, step: step) } catch { failure = "\(error)" }
+            }
+            // Every rank takes part in gathering each optimizer tensor (a no-op without sharding).
+            let scratch = sharding.sharded ? FloatBuffer(count: largestTensor) : nil
+            for (group, local) in [("m", opt.m.pointer), ("v", opt.v.pointer)] {
+                for e in params.layout.entries {
+                    let full = sharding.gather(e, local: local, scratch: scratch?.pointer ?? local, comm: comm)
+                    if let w = writer, failure == nil, let full {
+                        do { try w.write(group, e, full) } catch { failure = "\(error)" }
+                    }
+                }
+            }
+            if let w = writer, failure == nil {
                 do {
-                    let path = o.out + "/" + TrainCheckpoint.fileName(step: step)
                     let state = TrainState(step: step, tokensSeen: tokensSeen, dataCursor: step, seed: o.seed, runConfig: o.json)
-                    try TrainCheckpoint.save(path: path, model: model, m: opt.m.pointer, v: opt.v.pointer, state: state)
+                    try w.finish(state)
                     try TrainCheckpoint.commit(directory: o.out, path: path, keep: o.keepCheckpoints)
                     _ = try? LossPlot.render(runDirectory: o.out)
                     log("  checkpoint \(path)")
@@ -203,6 +237,7 @@ public final class Trainer {
         let runStart = Runtime.now()
         var timedSteps = 0, timedSeconds = 0.0
         var step = startStep
+        var reduceSeconds = 0.0
         while step < o.steps {
             let t0 = Runtime.now()
             params.zeroGradients()
@@ -217,18 +252,35 @@ public final class Trainer {
                 let last = k == s.accumulation - 1
                 graph.backward(progress: last && reducer.overlap ? { reducer.ready(from: $0) } : nil)
             }
-            reducer.finish()
+            if let shard = shardGradients {
+                let t = Runtime.now()
+                comm.reduceScatterSum(params.gradients.pointer, count: sharding.blockSize, into: shard.pointer)
+                reduceSeconds = Runtime.now() - t
+            } else {
+                reducer.finish()
+                reduceSeconds = reducer.waitSeconds
+            }
             // One all-reduce carries the loss and whether any rank was asked to stop (and by which signal).
             var agreed = [lossSum, StopSignal.requested ? 1 : 0, StopSignal.requested && StopSignal.name == "SIGINT" ? 1 : 0]
             comm.allReduceSum(&agreed)
             let loss = agreed[0] / Double(B * T)
-            let norm = gradientNorm(params.gradients.pointer, params.count)
+            var norm: Double
+            if let shard = shardGradients {
+                var sq = [pow(gradientNorm(shard.pointer, sharding.mine.count), 2)]
+                comm.allReduceSum(&sq)
+                norm = sq[0].squareRoot()
+            } else {
+                norm = gradientNorm(params.gradients.pointer, params.count)
+            }
             let lr = s.schedule(step)
             let tOpt = Runtime.now()
             if loss.isFinite && norm.isFinite {
                 badSteps = 0
                 let clip: Float = o.gradClip > 0 ? Float(min(1, o.gradClip / (norm + 1e-6))) : 1
-                opt.step(params: params.values.pointer, grads: params.gradients.pointer, lr: lr, t: step + 1, gradScale: clip)
+                let lo = sharding.mine.lowerBound
+                opt.step(params: params.values.pointer + lo, grads: shardGradients?.pointer ?? params.gradients.pointer + lo,
+                         lr: lr, t: step + 1, gradScale: clip)
+                if sharding.sharded { comm.allGatherInPlace(params.values.pointer, countPerRank: sharding.blockSize) }
             } else {
                 badSteps += 1
                 if comm.isRoot { log("  step \(step + 1): non-finite loss or gradient norm (loss \(loss), norm \(norm)); update skipped") }
@@ -245,8 +297,8 @@ public final class Trainer {
             if comm.isRoot {
                 let tps = Double(B * T) / dt
                 let mfu = flopsPerStep / dt / (peak * Double(n)) * 100
-                log(String(format: "step %d/%d | loss %.4f | lr %.2e | norm %.3f | %.0f ms | %.0f tok/s | MFU %.1f%% | comm wait %.0f ms | opt %.0f ms | ETA %@",
-                           step, o.steps, loss, lr, norm, dt * 1000, tps, mfu, reducer.waitSeconds * 1000, optSeconds * 1000,
+                log(String(format: "step %d/%d | loss %.4f | lr %.2e | norm %.3f | %.0f ms | %.0f tok/s | MFU %.1f%% | comm %.0f ms | opt %.0f ms | ETA %@",
+                           step, o.steps, loss, lr, norm, dt * 1000, tps, mfu, reduceSeconds * 1000, optSeconds * 1000,
                            Runtime.formatDuration(avg * Double(o.steps - step))))
                 record(["step": Double(step), "train_loss": loss, "lr": lr, "grad_norm": norm,
                                      "tokens_per_s": tps, "ms_per_step": dt * 1000])

@@ -127,6 +127,29 @@ func expectClose(_ a: [Double], _ b: [Double], rel: Double, _ what: String, sour
                     "resume at np 1 vs np 2")
     }
 
+    @Test func zeroOneMatchesPlainDataParallelAndResumesAnywhere() throws {
+        let dir = tmpDir("zero")
+        let cfg = try writeConfig(dir, dropRate: 0.1)
+        #expect(136_960 % 3 != 0, "np 3 must exercise uneven shards")
+        let b12 = ["--batch-size", "12"]  // divisible by 2, 3 and 4 ranks
+        let plain = try CLI.run(ranks: 2, trainArgs(config: cfg, out: dir + "/plain", steps: 6, extra: b12))
+        #expect(plain.status == 0, "\(plain.stderr)")
+        let reference = try losses(dir + "/plain")
+        for np in [2, 3, 4] {
+            let r = try CLI.run(ranks: np, trainArgs(config: cfg, out: dir + "/zero\(np)", steps: 6, extra: ["--zero", "1"] + b12))
+            #expect(r.status == 0, "np \(np) --zero 1: \(r.stderr)")
+            #expect(r.stdout.contains("ZeRO-1"))
+            expectClose(try losses(dir + "/zero\(np)"), reference, rel: 1e-5, "ZeRO-1 at np \(np) vs plain np 2")
+        }
+        // A ZeRO-1 checkpoint written at np 4 is complete: resume it at np 2 without sharding, and the plain run
+        // resumed at np 2 gives the same losses.
+        let a = try CLI.run(ranks: 2, trainArgs(config: cfg, out: dir + "/zero4", steps: 9, extra: ["--resume"] + b12))
+        #expect(a.status == 0, "\(a.stderr)")
+        let b = try CLI.run(ranks: 2, trainArgs(config: cfg, out: dir + "/plain", steps: 9, extra: ["--resume"] + b12))
+        #expect(b.status == 0, "\(b.stderr)")
+        expectClose(try losses(dir + "/zero4"), try losses(dir + "/plain"), rel: 1e-5, "resumed from ZeRO np 4 at np 2")
+    }
+
     @Test func sigtermStopsAllRanksWithACheckpoint() throws {
         let dir = tmpDir("sigterm")
         let cfg = try writeConfig(dir, dropRate: 0)

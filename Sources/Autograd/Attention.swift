@@ -7,20 +7,21 @@ import Foundation
 /// The softmax probabilities are kept for backward; dropout on them is recomputed from counters.
 public final class CausalSelfAttentionOp: Op {
     let qkv: Tensor, out: Tensor
-    let probs: UnsafeMutablePointer<Float>  // [B, NH, T, T]
+    let probs: UnsafeMutablePointer<Float>  // [B, NH, T, T]; may be shared by blocks that recompute
     let scratch: UnsafeMutablePointer<Float>  // per worker: 2 * T * T
     let batch: Int, seqLen: Int, heads: Int, channels: Int, headSize: Int, workers: Int
     let dropRate: Float, site: UInt64, context: StepContext
 
     public init(qkv: Tensor, out: Tensor, batch: Int, seqLen: Int, heads: Int,
-                dropRate: Float = 0, site: UInt64 = 0, context: StepContext, arena: ActivationArena) {
+                dropRate: Float = 0, site: UInt64 = 0, context: StepContext, arena: ActivationArena,
+                probs sharedProbs: UnsafeMutablePointer<Float>? = nil) {
         channels = out.lastDimension
         precondition(channels % heads == 0, "emb_dim must be divisible by n_heads")
         precondition(qkv.count == batch * seqLen * 3 * channels && out.count == batch * seqLen * channels)
         self.qkv = qkv; self.out = out
         self.batch = batch; self.seqLen = seqLen; self.heads = heads; headSize = channels / heads
         self.dropRate = dropRate; self.site = site; self.context = context
-        probs = arena.scratch(batch * heads * seqLen * seqLen)
+        probs = sharedProbs ?? arena.scratch(batch * heads * seqLen * seqLen)
         workers = max(Parallel.threads, 1)
         scratch = arena.scratch(workers * 2 * seqLen * seqLen)
     }

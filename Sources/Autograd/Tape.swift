@@ -1,4 +1,5 @@
 import Dispatch
+import Foundation
 
 /// One coarse operation on the tape: a hand-written forward kernel and its backward kernel,
 /// both working on preallocated buffers. Backward *accumulates* into input gradients
@@ -29,7 +30,25 @@ public final class Tape {
     /// (nil when the op completes no new parameter block). Drives gradient buckets that overlap backward.
     public private(set) var completes: [Int?] = []
 
+    /// Ops whose activations are recomputed in backward instead of kept (a transformer block sharing its
+    /// internal buffers with every other block): before differentiating the segment, its forward runs again
+    /// and the gradients of `shared` are zeroed.
+    struct Segment { let ops: Range<Int>; let shared: [Tensor]; let recompute: Bool }
+    private var segmentEndingAt: [Int: Segment] = [:]
+    private var openSegment: Int?
+
     public init() {}
+
+    /// Starts a recomputed segment at the next recorded op.
+    public func beginSegment() { openSegment = ops.count }
+
+    /// Ends the segment; `shared` are the activations it shares with other segments. The last segment before
+    /// the loss needs no recomputation (its activations are still in place when backward starts).
+    public func endSegment(shared: [Tensor], recompute: Bool = true) {
+        guard let start = openSegment else { preconditionFailure("endSegment without beginSegment") }
+        segmentEndingAt[ops.count - 1] = Segment(ops: start..<ops.count, shared: shared, recompute: recompute)
+        openSegment = nil
+    }
 
     public func record(_ op: any Op, completesParametersFrom offset: Int? = nil) {
         ops.append(op)
@@ -60,6 +79,10 @@ public final class Tape {
         arena.zeroGradients()
         var i = ops.count - 1
         while i >= 0 {
+            if let seg = segmentEndingAt[i] {
+                if seg.recompute { for j in seg.ops { ops[j].forward() } }
+                for t in seg.shared { if let g = t.grad { memset(g, 0, t.count * 4) } }
+            }
             if opSeconds != nil { measure(i) { ops[i].backward() } } else { ops[i].backward() }
             if let p = progress, let offset = completes[i] { p(offset) }
             i -= 1

@@ -54,7 +54,9 @@ public final class GPT2Graph {
     public let logits: Tensor
     let lossOp: SoftmaxCrossEntropyOp?
 
-    public init(model: GPT2Model, batch: Int, seqLen: Int, mode: Mode) {
+    /// `recompute` (training only): blocks share one set of internal activation buffers and recompute them
+    /// in backward; only each block's output is kept, so activations are ~one block plus the block inputs.
+    public init(model: GPT2Model, batch: Int, seqLen: Int, mode: Mode, recompute: Bool = false) {
         let cfg = model.config
         precondition(seqLen >= 1 && seqLen <= cfg.contextLength, "seq-len must be in 1...context_length")
         self.model = model; self.batch = batch; self.seqLen = seqLen; self.mode = mode
@@ -68,49 +70,60 @@ public final class GPT2Graph {
         targets = TokenBuffer(count: B * T)
 
         func act(_ shape: [Int]) -> Tensor { arena.tensor(shape, gradient: grad) }
-        func dropout(_ x: Tensor, site: UInt64) -> Tensor {
-            guard drop > 0 && mode == .train else { return x }
-            let y = act(x.shape)
-            tape.record(DropoutOp(x: x, out: y, rate: drop, site: site, context: ctx))
-            return y
-        }
         func offset(_ name: String) -> Int { p.layout.entry(name)!.offset }
 
         var x = act([B, T, C])
         tape.record(EmbeddingOp(tokens: inputs, wte: p.tensor("wte"), wpe: p.tensor("wpe"), out: x, batch: B, seqLen: T),
                     completesParametersFrom: 0)
-        x = dropout(x, site: 1 << 40)
+        if drop > 0 && mode == .train {
+            let y = act(x.shape)
+            tape.record(DropoutOp(x: x, out: y, rate: drop, site: 1 << 40, context: ctx))
+            x = y
+        }
+        // A block's internal activations: its own, or (recompute) one set shared by all blocks.
+        struct Internals {
+            var ln1, qkv, att, proj, x1, ln2, fc, gelu, mproj: Tensor
+            var projDrop: Tensor?, mprojDrop: Tensor?
+            var probs: UnsafeMutablePointer<Float>?
+            var all: [Tensor] { [ln1, qkv, att, proj, x1, ln2, fc, gelu, mproj] + [projDrop, mprojDrop].compactMap { $0 } }
+        }
+        let dropping = drop > 0 && mode == .train
+        func internals(sharedProbs: Bool) -> Internals {
+            Internals(ln1: act([B, T, C]), qkv: act([B, T, 3 * C]), att: act([B, T, C]), proj: act([B, T, C]),
+                      x1: act([B, T, C]), ln2: act([B, T, C]), fc: act([B, T, 4 * C]), gelu: act([B, T, 4 * C]),
+                      mproj: act([B, T, C]), projDrop: dropping ? act([B, T, C]) : nil,
+                      mprojDrop: dropping ? act([B, T, C]) : nil,
+                      probs: sharedProbs ? arena.scratch(B * cfg.nHeads * T * T) : nil)
+        }
+        let recomputing = recompute && mode == .train
+        let shared = recomputing ? internals(sharedProbs: true) : nil
         for l in 0..<L {
             let n = "h.\(l)."
             let site = UInt64(l) << 8
-            let ln1 = act([B, T, C])
+            let a = shared ?? internals(sharedProbs: false)
+            if recomputing { tape.beginSegment() }
             tape.record(LayerNormOp(x: x, weight: p.tensor(n + "ln_1.weight"), bias: p.tensor(n + "ln_1.bias"),
-                                    out: ln1, arena: arena), completesParametersFrom: offset(n + "ln_1.weight"))
-            let qkv = act([B, T, 3 * C])
-            tape.record(LinearOp(x: ln1, weight: p.tensor(n + "attn.c_attn.weight"),
-                                 bias: cfg.qkvBias ? p.tensor(n + "attn.c_attn.bias") : nil, out: qkv, arena: arena))
-            let att = act([B, T, C])
-            tape.record(CausalSelfAttentionOp(qkv: qkv, out: att, batch: B, seqLen: T, heads: cfg.nHeads,
+                                    out: a.ln1, arena: arena), completesParametersFrom: offset(n + "ln_1.weight"))
+            tape.record(LinearOp(x: a.ln1, weight: p.tensor(n + "attn.c_attn.weight"),
+                                 bias: cfg.qkvBias ? p.tensor(n + "attn.c_attn.bias") : nil, out: a.qkv, arena: arena))
+            tape.record(CausalSelfAttentionOp(qkv: a.qkv, out: a.att, batch: B, seqLen: T, heads: cfg.nHeads,
                                               dropRate: mode == .train ? drop : 0, site: site | 1,
-                                              context: ctx, arena: arena))
-            let proj = act([B, T, C])
-            tape.record(LinearOp(x: att, weight: p.tensor(n + "attn.c_proj.weight"),
-                                 bias: p.tensor(n + "attn.c_proj.bias"), out: proj, arena: arena))
-            let x1 = act([B, T, C])
-            tape.record(AddOp(a: x, b: dropout(proj, site: site | 2), out: x1))
-            let ln2 = act([B, T, C])
-            tape.record(LayerNormOp(x: x1, weight: p.tensor(n + "ln_2.weight"), bias: p.tensor(n + "ln_2.bias"),
-                                    out: ln2, arena: arena))
-            let fc = act([B, T, 4 * C])
-            tape.record(LinearOp(x: ln2, weight: p.tensor(n + "mlp.c_fc.weight"), bias: p.tensor(n + "mlp.c_fc.bias"),
-                                 out: fc, arena: arena))
-            let gelu = act([B, T, 4 * C])
-            tape.record(GELUOp(x: fc, out: gelu))
-            let mproj = act([B, T, C])
-            tape.record(LinearOp(x: gelu, weight: p.tensor(n + "mlp.c_proj.weight"),
-                                 bias: p.tensor(n + "mlp.c_proj.bias"), out: mproj, arena: arena))
+                                              context: ctx, arena: arena, probs: a.probs))
+            tape.record(LinearOp(x: a.att, weight: p.tensor(n + "attn.c_proj.weight"),
+                                 bias: p.tensor(n + "attn.c_proj.bias"), out: a.proj, arena: arena))
+            if let d = a.projDrop { tape.record(DropoutOp(x: a.proj, out: d, rate: drop, site: site | 2, context: ctx)) }
+            tape.record(AddOp(a: x, b: a.projDrop ?? a.proj, out: a.x1))
+            tape.record(LayerNormOp(x: a.x1, weight: p.tensor(n + "ln_2.weight"), bias: p.tensor(n + "ln_2.bias"),
+                                    out: a.ln2, arena: arena))
+            tape.record(LinearOp(x: a.ln2, weight: p.tensor(n + "mlp.c_fc.weight"), bias: p.tensor(n + "mlp.c_fc.bias"),
+                                 out: a.fc, arena: arena))
+            tape.record(GELUOp(x: a.fc, out: a.gelu))
+            tape.record(LinearOp(x: a.gelu, weight: p.tensor(n + "mlp.c_proj.weight"),
+                                 bias: p.tensor(n + "mlp.c_proj.bias"), out: a.mproj, arena: arena))
+            if let d = a.mprojDrop { tape.record(DropoutOp(x: a.mproj, out: d, rate: drop, site: site | 3, context: ctx)) }
             let x2 = act([B, T, C])
-            tape.record(AddOp(a: x1, b: dropout(mproj, site: site | 3), out: x2))
+            tape.record(AddOp(a: a.x1, b: a.mprojDrop ?? a.mproj, out: x2))
+            if recomputing { tape.endSegment(shared: a.all, recompute: l < L - 1) }
             x = x2
         }
         let lnf = act([B, T, C])

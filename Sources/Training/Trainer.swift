@@ -165,7 +165,7 @@ public final class Trainer {
             if let message = comm.agreeOnFailure(loadError) { throw TrainError(message) }
         }
 
-        let graph = GPT2Graph(model: model, batch: s.micro, seqLen: T, mode: .train)
+        let graph = GPT2Graph(model: model, batch: s.micro, seqLen: T, mode: .train, recompute: o.recompute)
         graph.lossGradScale = 1 / Float(B * T)  // summed over micro-batches and ranks = the global mean
         let order = try BatchOrder(tokenCount: s.train.count, batchSize: B, seqLen: T, shuffleSeed: o.shuffle ? UInt64(o.seed) : nil)
         // Plain data parallelism sums gradients in buckets that overlap backward; ZeRO-1 reduce-scatters them after it.

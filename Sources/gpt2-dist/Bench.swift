@@ -19,6 +19,7 @@ struct Bench: ParsableCommand {
     @Option(help: "Timed steps (after one warm-up step).") var steps = 5
     @Flag(help: "Include an AdamW update in each step.") var optimizer = false
     @Flag(help: "Print time per op kind.") var profile = false
+    @Flag(help: "Recompute block activations in backward.") var recompute = false
     @Flag(help: "Print JSON.") var json = false
     @OptionGroup var compute: ComputeOptions
 
@@ -32,7 +33,7 @@ struct Bench: ParsableCommand {
             let peak = Runtime.measureSgemmPeak(seconds: 1.0)
             let model = GPT2Model(config: cfg)
             model.initialize(seed: 1)
-            let graph = GPT2Graph(model: model, batch: batchSize, seqLen: seqLen, mode: .train)
+            let graph = GPT2Graph(model: model, batch: batchSize, seqLen: seqLen, mode: .train, recompute: recompute)
             for i in 0..<(batchSize * seqLen) {
                 graph.inputs.pointer[i] = Int32(i * 7919 % cfg.vocabSize)
                 graph.targets.pointer[i] = Int32((i + 1) * 7919 % cfg.vocabSize)

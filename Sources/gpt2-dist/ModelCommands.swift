@@ -82,6 +82,7 @@ struct Info: ParsableCommand {
     @Option(help: "Tokens per sequence (default: context_length).") var seqLen: Int?
     @Option(help: "Number of ranks.") var ranks = 1
     @Option(help: "1: AdamW state sharded over ranks (ZeRO-1).") var zero = 0
+    @Flag(help: "Recompute block activations in backward (train --recompute).") var recompute = false
     @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
@@ -95,7 +96,7 @@ struct Info: ParsableCommand {
             guard T > 0, T <= cfg.contextLength else { throw TrainError("--seq-len must be in 1...\(cfg.contextLength)") }
             let n = Double(cfg.parameterCount)
             let model = GPT2Model(config: cfg)
-            let graph = GPT2Graph(model: model, batch: micro, seqLen: T, mode: .train)
+            let graph = GPT2Graph(model: model, batch: micro, seqLen: T, mode: .train, recompute: recompute)
             let act = Double(graph.activationBytes)
             let adam = zero == 1 ? 8 * n / Double(ranks) : 8 * n
             let total = 8 * n + adam + act
@@ -109,7 +110,7 @@ struct Info: ParsableCommand {
             }
             print("model: \(cfg.nLayers) layers, emb_dim \(cfg.embDim), \(cfg.nHeads) heads, context \(cfg.contextLength), vocab \(cfg.vocabSize), qkv_bias \(cfg.qkvBias), drop_rate \(cfg.dropRate)")
             print("parameters: \(grouped(cfg.parameterCount)) (output head tied to wte); \(grouped(cfg.untiedParameterCount)) if untied")
-            print("per rank (\(ranks) rank(s), micro-batch \(micro) x \(T) tokens\(zero == 1 ? ", ZeRO-1" : "")):")
+            print("per rank (\(ranks) rank(s), micro-batch \(micro) x \(T) tokens\(zero == 1 ? ", ZeRO-1" : "")\(recompute ? ", recompute" : "")):")
             print("  parameters  \(Runtime.formatBytes(4 * n))")
             print("  gradients   \(Runtime.formatBytes(4 * n))")
             print("  AdamW m, v  \(Runtime.formatBytes(adam))")

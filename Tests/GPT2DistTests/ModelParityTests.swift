@@ -92,3 +92,29 @@ struct ModelParityTests {
         #expect(cfg.vocabSize == model.config.vocabSize && cfg.nLayers == model.config.nLayers)
     }
 }
+
+/// Recomputing block activations in backward changes memory, not results.
+struct RecomputeTests {
+    @Test func recomputeGivesIdenticalLossAndGradients() throws {
+        var cfg = try HuggingFace.readConfig(directory: fixtures + "/tiny-gpt2/hf")
+        cfg.dropRate = 0.2  // masks must be recomputed identically too
+        func run(recompute: Bool) throws -> (Float, [Float], Int) {
+            let loaded = try HuggingFace.load(directory: fixtures + "/tiny-gpt2/hf")
+            let model = GPT2Model(config: cfg)
+            model.parameters.values.copy(from: loaded.parameters.values)
+            let graph = GPT2Graph(model: model, batch: 2, seqLen: 16, mode: .train, recompute: recompute)
+            for i in 0..<32 { graph.inputs.pointer[i] = Int32(i * 37 % 512); graph.targets.pointer[i] = Int32(i * 11 % 512) }
+            var loss: Float = 0
+            for step in 0..<2 {  // twice: buffers reused across steps
+                model.parameters.zeroGradients()
+                loss = graph.forward(step: step, seed: 9)
+                graph.backward()
+            }
+            return (loss, Array(model.parameters.gradients.buffer), graph.activationBytes)
+        }
+        let (l0, g0, bytes0) = try run(recompute: false), (l1, g1, bytes1) = try run(recompute: true)
+        #expect(l0 == l1)
+        #expect(g0 == g1)
+        #expect(bytes1 < bytes0)
+    }
+}

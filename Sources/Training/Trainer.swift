@@ -119,6 +119,7 @@ public final class Trainer {
         if let message = comm.agreeOnFailure(failure) { throw TrainError(message) }
         let s = setup!
         let cfg = s.config, n = comm.size, B = o.batchSize, T = o.seqLen
+        let peak = Runtime.measureSgemmPeak(seconds: 0.3)  // before the big allocations: its buffers stay out of peak RSS
         let sharding = OptimizerSharding(total: cfg.parameterCount, ranks: n, rank: comm.rank, sharded: o.zero == 1 && n > 1)
         let model = GPT2Model(config: cfg, paddedCount: sharding.paddedCount)
         let params = model.parameters
@@ -171,7 +172,6 @@ public final class Trainer {
         // Plain data parallelism sums gradients in buckets that overlap backward; ZeRO-1 reduce-scatters them after it.
         let reducer = BucketedAllReduce(comm: comm, base: params.gradients.pointer, count: params.count,
                                         bucketFloats: max(1, Int(o.bucketMB * 1_048_576 / 4)), overlap: o.overlap && !sharding.sharded)
-        let peak = Runtime.measureSgemmPeak(seconds: 0.3)
         let flopsPerStep = cfg.flopsPerToken(seqLen: T) * Double(B * T)
         let metrics = comm.isRoot ? try MetricsLog(path: o.out + "/metrics.h5") : nil
         StopSignal.install()
@@ -181,7 +181,12 @@ public final class Trainer {
                 + "(\(cfg.nLayers) layers, \(cfg.embDim) wide, \(cfg.nHeads) heads, vocab \(cfg.vocabSize))")
             log("  batch \(B) x \(T) tokens = micro \(s.micro) x \(n) ranks x \(s.accumulation) accumulation; "
                 + "train tokens \(s.train.count)\(s.val.map { ", val tokens \($0.count)" } ?? ""); "
-                + "sgemm peak \(String(format: "%.0f", peak / 1e9)) GFLOP/s per rank; activations \(Runtime.formatBytes(Double(graph.activationBytes)))")
+                + "sgemm peak \(String(format: "%.0f", peak / 1e9)) GFLOP/s per rank")
+            let mem = MemoryEstimate(config: cfg, microBatch: s.micro, seqLen: T, ranks: n, zero: sharding.sharded,
+                                     recompute: o.recompute, activationBytes: graph.activationBytes)
+            log("  memory per rank (predicted): \(Runtime.formatBytes(mem.total)) = params \(Runtime.formatBytes(mem.parameters)) + grads "
+                + "\(Runtime.formatBytes(mem.gradients)) + AdamW \(Runtime.formatBytes(mem.optimizer)) + activations "
+                + "\(Runtime.formatBytes(mem.activations)) + runtime \(Runtime.formatBytes(MemoryEstimate.runtimeOverhead))")
             if sharding.sharded {
                 log("  ZeRO-1: AdamW state sharded, \(sharding.blockSize) of \(cfg.parameterCount) parameters per rank")
             }
@@ -314,10 +319,12 @@ public final class Trainer {
             }
             if (o.ckptEvery > 0 && step % o.ckptEvery == 0) || step == o.steps { try saveCheckpoint(step: step) }
         }
+        var rss = [Double](repeating: 0, count: n)
+        rss[comm.rank] = Double(Runtime.peakRSS)
+        comm.allReduceSum(&rss)
         if comm.isRoot {
-            let rss = [Double(Runtime.peakRSS)]
-            log(String(format: "done: %d steps in %@, peak RSS %@ (rank 0)", o.steps - startStep,
-                       Runtime.formatDuration(Runtime.now() - runStart), Runtime.formatBytes(rss[0])))
+            log(String(format: "done: %d steps in %@; peak RSS per rank: %@", o.steps - startStep,
+                       Runtime.formatDuration(Runtime.now() - runStart), rss.map { Runtime.formatBytes($0) }.joined(separator: ", ")))
         }
     }
 

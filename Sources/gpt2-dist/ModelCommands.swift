@@ -94,12 +94,8 @@ struct Info: ParsableCommand {
             let micro = microBatchSize ?? batchSize / ranks
             let T = seqLen ?? cfg.contextLength
             guard T > 0, T <= cfg.contextLength else { throw TrainError("--seq-len must be in 1...\(cfg.contextLength)") }
-            let n = Double(cfg.parameterCount)
-            let model = GPT2Model(config: cfg)
-            let graph = GPT2Graph(model: model, batch: micro, seqLen: T, mode: .train, recompute: recompute)
-            let act = Double(graph.activationBytes)
-            let adam = zero == 1 ? 8 * n / Double(ranks) : 8 * n
-            let total = 8 * n + adam + act
+            let mem = MemoryEstimate(config: cfg, microBatch: micro, seqLen: T, ranks: ranks, zero: zero == 1, recompute: recompute)
+            let n = Double(cfg.parameterCount), adam = mem.optimizer, act = mem.activations, total = mem.total
             if json {
                 print("""
                 {"parameters": \(cfg.parameterCount), "parameters_untied": \(cfg.untiedParameterCount), \
@@ -115,7 +111,8 @@ struct Info: ParsableCommand {
             print("  gradients   \(Runtime.formatBytes(4 * n))")
             print("  AdamW m, v  \(Runtime.formatBytes(adam))")
             print("  activations \(Runtime.formatBytes(act))")
-            print("  total       \(Runtime.formatBytes(total))")
+            print("  runtime     \(Runtime.formatBytes(MemoryEstimate.runtimeOverhead)) (libraries and buffers, measured)")
+            print("  total       \(Runtime.formatBytes(total)) (compare with the peak RSS train reports)")
             print(String(format: "training FLOPs per token: %.3g (6N + 12·L·C·T)", cfg.flopsPerToken(seqLen: T)))
         }
     }

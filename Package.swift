@@ -4,7 +4,11 @@ import PackageDescription
 
 // Release builds are what people train with; the numeric kernels need the optimizer and
 // exclusive-access checks off in their inner loops (bounds are checked where buffers are made).
-let fast: [SwiftSetting] = [.unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release))]
+// Debug builds optimise too: the test suite trains real (small) models through the debug binary.
+let fast: [SwiftSetting] = [
+    .unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release)),
+    .unsafeFlags(["-O"], .when(configuration: .debug)),
+]
 
 let package = Package(
     name: "gpt2-dist",

@@ -16,7 +16,7 @@ struct GPT2Dist: ParsableCommand {
           gpt2-dist generate --checkpoint runs/demo/latest --prompt "To be, or not"
         """,
         subcommands: [Train.self, Eval.self, Generate.self, Info.self, Bench.self, Plot.self, Prepare.self,
-                      ImportHF.self, ExportHF.self, Plan.self, BenchComm.self]
+                      ImportHF.self, ExportHF.self, Plan.self, BenchComm.self, BenchTokenizer.self]
     )
 
     /// `--resume` may stand alone (newest checkpoint in --out): give it the value "latest" for the parser.

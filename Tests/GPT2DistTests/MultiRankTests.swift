@@ -150,6 +150,31 @@ func expectClose(_ a: [Double], _ b: [Double], rel: Double, _ what: String, sour
         expectClose(try losses(dir + "/zero4"), try losses(dir + "/plain"), rel: 1e-5, "resumed from ZeRO np 4 at np 2")
     }
 
+    @Test func predictedMemoryMatchesMeasuredPeakRSS() throws {
+        let dir = tmpDir("memory")
+        for zero in ["0", "1"] {
+            let r = try CLI.run(ranks: 2, ["train", "--config", repoRoot + "/Configs/gpt2-small-cpu.json", "--data", tinyTokens,
+                                           "--out", dir + "/z" + zero, "--steps", "2", "--batch-size", "8", "--seq-len", "64",
+                                           "--threads", "1", "--zero", zero])
+            #expect(r.status == 0, "\(r.stderr)")
+            func mib(_ s: Substring) -> Double {
+                let parts = s.trimmingCharacters(in: .whitespaces).split(separator: " ")
+                let v = Double(parts[0]) ?? 0
+                return parts.count > 1 && parts[1] == "GiB" ? v * 1024 : parts.count > 1 && parts[1] == "KiB" ? v / 1024 : v
+            }
+            guard let predictedLine = r.stdout.split(separator: "\n").first(where: { $0.contains("memory per rank (predicted)") }),
+                  let rssLine = r.stdout.split(separator: "\n").first(where: { $0.contains("peak RSS per rank") }) else {
+                Issue.record("train did not report memory:\n\(r.stdout)")
+                continue
+            }
+            let predicted = mib(predictedLine.split(separator: ":")[1].split(separator: "=")[0])
+            let measured = rssLine.split(separator: ":").last!.split(separator: ",").map(mib)
+            for m in measured {
+                #expect(abs(m - predicted) <= 0.15 * predicted, "zero \(zero): measured \(m) MiB vs predicted \(predicted) MiB")
+            }
+        }
+    }
+
     @Test func sigtermStopsAllRanksWithACheckpoint() throws {
         let dir = tmpDir("sigterm")
         let cfg = try writeConfig(dir, dropRate: 0)

@@ -91,6 +91,8 @@ public enum AtomicFile {
         let dir = url.deletingLastPathComponent().path
         let tmp = dir + "/." + url.lastPathComponent + ".tmp-\(getpid())"
         do {
+            try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+            guard access(dir, W_OK) == 0 else { throw FileFormatError("cannot write to directory \(dir)") }
             try body(tmp)
             try fsync(path: tmp)
             guard rename(tmp, path) == 0 else {

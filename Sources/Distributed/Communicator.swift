@@ -119,19 +119,19 @@ public final class Communicator: @unchecked Sendable {
         check(MPI_Allgather(send, Int32(count), gd_mpi_float(), out, Int32(count), gd_mpi_float(), comm), "allgather")
     }
 
-    /// Sum over ranks of `buffer` (size * count), rank r keeping block r in `out` (count).
-    public func reduceScatterSum(_ buffer: UnsafePointer<Float>, count: Int, into out: UnsafeMutablePointer<Float>) {
-        guard usesMPI, size > 1 else {
-            memcpy(out, buffer, count * 4)
-            return
-        }
-        check(MPI_Reduce_scatter_block(buffer, out, Int32(count), gd_mpi_float(), gd_mpi_sum(), comm), "reduce-scatter")
+    /// In-place sum over ranks of `buffer` (sum of counts floats, rank r's part following those of ranks < r);
+    /// afterwards rank r's summed part sits at the *start* of `buffer` (MPI_IN_PLACE semantics).
+    public func reduceScatterSumInPlace(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) {
+        guard usesMPI, size > 1 else { return }
+        let c = counts.map { Int32($0) }
+        check(MPI_Reduce_scatter(gd_mpi_in_place(), buffer, c, gd_mpi_float(), gd_mpi_sum(), comm), "reduce-scatter")
     }
 
-    /// All-gather where rank r's block already sits at buffer + r * countPerRank.
-    public func allGatherInPlace(_ buffer: UnsafeMutablePointer<Float>, countPerRank: Int) {
+    /// In-place all-gather of variable blocks: rank r's counts[r] floats sit at buffer + displacements[r].
+    public func allGatherInPlace(_ buffer: UnsafeMutablePointer<Float>, counts: [Int], displacements: [Int]) {
         guard usesMPI, size > 1 else { return }
-        check(MPI_Allgather(gd_mpi_in_place(), 0, gd_mpi_float(), buffer, Int32(countPerRank), gd_mpi_float(), comm), "allgather")
+        let c = counts.map { Int32($0) }, d = displacements.map { Int32($0) }
+        check(MPI_Allgatherv(gd_mpi_in_place(), 0, gd_mpi_float(), buffer, c, d, gd_mpi_float(), comm), "allgather")
     }
 
     /// Root receives counts[r] floats from each rank r at out + displacements[r].

@@ -126,7 +126,6 @@ public final class Trainer {
         let opt = AdamW(layout: params.layout, slice: sharding.mine, hyper: {
             var h = AdamW.Hyper(); h.beta1 = o.beta1; h.beta2 = o.beta2; h.eps = o.eps; h.weightDecay = o.weightDecay; return h
         }())
-        let shardGradients = sharding.sharded ? FloatBuffer(count: sharding.blockSize) : nil
         let largestTensor = params.layout.entries.map(\.count).max()!
 
         // Identical starting point on every rank: rank 0 reads or initialises, then broadcasts; AdamW state
@@ -169,9 +168,11 @@ public final class Trainer {
         let graph = GPT2Graph(model: model, batch: s.micro, seqLen: T, mode: .train, recompute: o.recompute)
         graph.lossGradScale = 1 / Float(B * T)  // summed over micro-batches and ranks = the global mean
         let order = try BatchOrder(tokenCount: s.train.count, batchSize: B, seqLen: T, shuffleSeed: o.shuffle ? UInt64(o.seed) : nil)
-        // Plain data parallelism sums gradients in buckets that overlap backward; ZeRO-1 reduce-scatters them after it.
+        // Gradients are summed in buckets that overlap backward: all-reduced, or with ZeRO-1 reduce-scattered
+        // into this rank's shard (and parameters all-gathered after the update, bucket by bucket).
         let reducer = BucketedAllReduce(comm: comm, base: params.gradients.pointer, count: params.count,
-                                        bucketFloats: max(1, Int(o.bucketMB * 1_048_576 / 4)), overlap: o.overlap && !sharding.sharded)
+                                        bucketFloats: max(1, Int(o.bucketMB * 1_048_576 / 4)), overlap: o.overlap,
+                                        blockSize: sharding.sharded ? sharding.blockSize : nil)
         let flopsPerStep = cfg.flopsPerToken(seqLen: T) * Double(B * T)
         let metrics = comm.isRoot ? try MetricsLog(path: o.out + "/metrics.h5") : nil
         StopSignal.install()
@@ -257,21 +258,15 @@ public final class Trainer {
                 let last = k == s.accumulation - 1
                 graph.backward(progress: last && reducer.overlap ? { reducer.ready(from: $0) } : nil)
             }
-            if let shard = shardGradients {
-                let t = Runtime.now()
-                comm.reduceScatterSum(params.gradients.pointer, count: sharding.blockSize, into: shard.pointer)
-                reduceSeconds = Runtime.now() - t
-            } else {
-                reducer.finish()
-                reduceSeconds = reducer.waitSeconds
-            }
+            reducer.finish()
+            reduceSeconds = reducer.waitSeconds
             // One all-reduce carries the loss and whether any rank was asked to stop (and by which signal).
             var agreed = [lossSum, StopSignal.requested ? 1 : 0, StopSignal.requested && StopSignal.name == "SIGINT" ? 1 : 0]
             comm.allReduceSum(&agreed)
             let loss = agreed[0] / Double(B * T)
             var norm: Double
-            if let shard = shardGradients {
-                var sq = [pow(gradientNorm(shard.pointer, sharding.mine.count), 2)]
+            if sharding.sharded {
+                var sq = [pow(gradientNorm(params.gradients.pointer + sharding.mine.lowerBound, sharding.mine.count), 2)]
                 comm.allReduceSum(&sq)
                 norm = sq[0].squareRoot()
             } else {
@@ -283,9 +278,9 @@ public final class Trainer {
                 badSteps = 0
                 let clip: Float = o.gradClip > 0 ? Float(min(1, o.gradClip / (norm + 1e-6))) : 1
                 let lo = sharding.mine.lowerBound
-                opt.step(params: params.values.pointer + lo, grads: shardGradients?.pointer ?? params.gradients.pointer + lo,
+                opt.step(params: params.values.pointer + lo, grads: params.gradients.pointer + lo,
                          lr: lr, t: step + 1, gradScale: clip)
-                if sharding.sharded { comm.allGatherInPlace(params.values.pointer, countPerRank: sharding.blockSize) }
+                reducer.allGather(params.values.pointer)
             } else {
                 badSteps += 1
                 if comm.isRoot { log("  step \(step + 1): non-finite loss or gradient norm (loss \(loss), norm \(norm)); update skipped") }

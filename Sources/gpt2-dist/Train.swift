@@ -55,6 +55,8 @@ struct Train: ParsableCommand {
     @Flag(inversion: .prefixedNo, help: "Overlap gradient all-reduce with backward (default on).") var overlap: Bool?
     @Option(help: "1: shard AdamW state across ranks (ZeRO-1).") var zero: Int?
     @Flag(help: "Recompute block activations in backward to save memory.") var recompute = false
+    @Option(help: "Compare a parameter checksum across ranks every N steps (0: never; default 50).") var checksumEvery: Int?
+    @Option(help: "Abort after N non-finite steps in a row (default 5).") var maxBadSteps: Int?
     @OptionGroup var compute: ComputeOptions
 
     func options() throws -> TrainOptions {
@@ -90,6 +92,8 @@ struct Train: ParsableCommand {
         if let v = overlap { o.overlap = v }
         if let v = zero { o.zero = v }
         if recompute { o.recompute = true }
+        if let v = checksumEvery { o.checksumEvery = v }
+        if let v = maxBadSteps { o.maxBadSteps = v }
         if let v = compute.threads { o.threads = v }
         if o.data.isEmpty { throw TrainError("--data is required") }
         return o

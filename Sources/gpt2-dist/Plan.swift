@@ -14,8 +14,8 @@ struct Plan: ParsableCommand {
           gpt2-dist plan --measure --threads-per-rank 2          # all four GPT-2 sizes, calibrated on this machine
         """
     )
-    @Option(help: "Model config (default: the four GPT-2 sizes in Configs/).") var config: [String] = []
-    @Option(help: "Node counts to project.") var nodes: [Int] = [8, 16, 32, 64, 128, 256]
+    @Option(parsing: .upToNextOption, help: "Model configs (default: the four GPT-2 sizes in Configs/).") var config: [String] = []
+    @Option(parsing: .upToNextOption, help: "Node counts to project.") var nodes: [Int] = [8, 16, 32, 64, 128, 256]
     @Option(help: "Ranks per node.") var ranksPerNode = 8
     @Option(help: "Threads per rank (for --measure).") var threadsPerRank = 1
     @Option(help: "Micro-batch per rank (sequences).") var microBatch = 8

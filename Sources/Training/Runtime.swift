@@ -53,7 +53,14 @@ public enum Runtime {
     }
 
     /// One line naming the BLAS kernel and thread count, for startup banners.
-    public static var blasDescription: String { "OpenBLAS \(BLAS.coreName) kernel, \(BLAS.threads) thread(s)" }
+    public static var blasDescription: String {
+        var s = "OpenBLAS \(BLAS.coreName) kernel, \(BLAS.threads) thread(s)"
+        // Respect a kernel set in the environment, but say when the CPU could run a faster one.
+        if let best = preferredCoreType(), best == "SkylakeX", BLAS.coreName != "SkylakeX" {
+            s += " (this CPU supports SkylakeX: unset OPENBLAS_CORETYPE to use it)"
+        }
+        return s
+    }
 
     /// Peak resident set size of this process in bytes.
     public static var peakRSS: Int {

@@ -261,7 +261,7 @@ public final class Trainer {
             reducer.finish()
             reduceSeconds = reducer.waitSeconds
             // One all-reduce carries the loss and whether any rank was asked to stop (and by which signal).
-            var agreed = [lossSum, StopSignal.requested ? 1 : 0, StopSignal.requested && StopSignal.name == "SIGINT" ? 1 : 0]
+            var agreed = [lossSum, StopSignal.requested ? 1 : 0, StopSignal.requested ? Double(StopSignal.signalNumber) : 0]
             comm.allReduceSum(&agreed)
             let loss = agreed[0] / Double(B * T)
             var norm: Double
@@ -308,7 +308,10 @@ public final class Trainer {
             let stopping = agreed[1] > 0
             if o.evalEvery > 0 && (step % o.evalEvery == 0 || step == o.steps) && !stopping { try validate(step: step) }
             if stopping {
-                if comm.isRoot { log("  \(agreed[2] > 0 ? "SIGINT" : "SIGTERM") received by a rank: stopping after step \(step)") }
+                if comm.isRoot {
+                    let sig = agreed[1] == 1 ? Int32(agreed[2]) : SIGTERM  // one rank signalled: name its signal
+                    log("  \(StopSignal.describe(sig)) received by a rank: stopping after step \(step)")
+                }
                 try saveCheckpoint(step: step)
                 return
             }

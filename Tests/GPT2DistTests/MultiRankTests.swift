@@ -175,6 +175,36 @@ func expectClose(_ a: [Double], _ b: [Double], rel: Double, _ what: String, sour
         }
     }
 
+    @Test func nonFiniteStepsAreSkippedThenAbortWithoutCheckpoint() throws {
+        let dir = tmpDir("nonfinite")
+        let cfg = try writeConfig(dir, dropRate: 0)
+        // An absurd learning rate makes the weights overflow after the first update.
+        let r = try CLI.run(ranks: 2, trainArgs(config: cfg, out: dir + "/run", steps: 20, extra: ["--lr", "1e30", "--grad-clip", "0"]))
+        #expect(r.status != 0)
+        #expect(r.stdout.contains("update skipped"), "\(r.stdout)")
+        #expect(r.stderr.contains("non-finite steps in a row"), "\(r.stderr)")
+        #expect(TrainCheckpoint.list(directory: dir + "/run").isEmpty, "a checkpoint was written from non-finite weights")
+    }
+
+    @Test func picksAFastOpenBLASKernelWhenUnset() throws {
+        guard let expected = Runtime.preferredCoreType() else { return }  // CPU without AVX2: OpenBLAS decides
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: CLI.binary)
+        p.arguments = ["bench", "--config", repoRoot + "/Configs/gpt2-tiny-test.json", "--batch-size", "1", "--seq-len", "8",
+                       "--steps", "1", "--threads", "1"]
+        var env = CLI.environment
+        env["OPENBLAS_CORETYPE"] = nil
+        env["GPT2DIST_REEXECED"] = nil
+        p.environment = env
+        let out = Pipe()
+        p.standardOutput = out
+        try p.run()
+        let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        #expect(p.terminationStatus == 0)
+        #expect(text.contains("OpenBLAS \(expected) kernel"), "\(text)")
+    }
+
     @Test func sigtermStopsAllRanksWithACheckpoint() throws {
         let dir = tmpDir("sigterm")
         let cfg = try writeConfig(dir, dropRate: 0)

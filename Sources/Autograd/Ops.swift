@@ -62,17 +62,35 @@ public enum Kernels {
         }
     }
 
+    /// Largest value of a row.
+    @inline(__always)
+    public static func rowMax(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
+        var mv = Vec(repeating: -.infinity), i = 0
+        while i + 8 <= n { mv = pointwiseMax(mv, load(p + i)); i += 8 }
+        var m = mv.max()
+        while i < n { m = max(m, p[i]); i += 1 }
+        return m
+    }
+
+    /// log(sum(exp(row))), computed stably; the row is left unchanged.
+    @inline(__always)
+    public static func logSumExp(_ p: UnsafePointer<Float>, _ n: Int) -> Float {
+        let m = rowMax(p, n)
+        var acc = Vec(repeating: 0), i = 0
+        let mm = Vec(repeating: m)
+        while i + 8 <= n { acc += vexp(load(p + i) - mm); i += 8 }
+        var s = acc.sum()
+        while i < n { s += sexp(p[i] - m); i += 1 }
+        return m + logf(s)
+    }
+
     /// In-place numerically stable softmax of one row; returns log-sum-exp.
     @inline(__always)
     @discardableResult
     public static func softmax(_ row: UnsafeMutablePointer<Float>, _ n: Int) -> Float {
-        var mv = Vec(repeating: -.infinity), i = 0
-        while i + 8 <= n { mv = pointwiseMax(mv, load(row + i)); i += 8 }
-        var m = mv.max()
-        while i < n { m = max(m, row[i]); i += 1 }
-        var acc = Vec(repeating: 0)
+        let m = rowMax(row, n)
+        var acc = Vec(repeating: 0), i = 0
         let mm = Vec(repeating: m)
-        i = 0
         while i + 8 <= n { let e = vexp(load(row + i) - mm); store(e, row + i); acc += e; i += 8 }
         var s = acc.sum()
         while i < n { let e = sexp(row[i] - m); row[i] = e; s += e; i += 1 }
@@ -264,7 +282,7 @@ public final class TiedHeadOp: Op {
 
 public final class GELUOp: Op {
     let x: Tensor, out: Tensor
-    static let s: Float = 0.797_884_560_802_865_4  // sqrt(2/pi)
+    static let s = Kernels.geluS
 
     public init(x: Tensor, out: Tensor) {
         precondition(x.count == out.count)
@@ -408,17 +426,7 @@ public final class SoftmaxCrossEntropyOp: Op {
         Parallel.chunks(rows, costPerItem: V * 2) { _, rs in
             for r in rs {
                 let l = logits.data + r * V
-                var mv = Vec(repeating: -.infinity), i = 0
-                while i + 8 <= V { mv = pointwiseMax(mv, load(l + i)); i += 8 }
-                var m = mv.max()
-                while i < V { m = max(m, l[i]); i += 1 }
-                var acc = Vec(repeating: 0)
-                let mm = Vec(repeating: m)
-                i = 0
-                while i + 8 <= V { acc += vexp(load(l + i) - mm); i += 8 }
-                var s = acc.sum()
-                while i < V { s += sexp(l[i] - m); i += 1 }
-                let v = m + logf(s)
+                let v = Kernels.logSumExp(l, V)
                 lse[r] = v
                 rowLoss[r] = v - l[Int(targets.pointer[r])]
             }

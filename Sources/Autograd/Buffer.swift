@@ -9,10 +9,16 @@ public final class FloatBuffer: @unchecked Sendable {
 
     private let mapped: Int  // bytes mapped with mmap (0: heap allocation)
 
+    /// Buffers made so far by the calling thread (tests check that a steady-state step makes none).
+    public static var allocationsOnThisThread: Int {
+        (Thread.current.threadDictionary["gpt2dist.floatBuffers"] as? Int) ?? 0
+    }
+
     /// Large buffers come zeroed and page-aligned from anonymous mmap, so memory is only committed as pages
     /// are touched (a graph can be built just to count its bytes); small ones from the heap, 64-byte aligned.
     public init(count: Int) {
         precondition(count >= 0, "negative buffer size")
+        Thread.current.threadDictionary["gpt2dist.floatBuffers"] = Self.allocationsOnThisThread + 1
         let bytes = max(count, 1) * MemoryLayout<Float>.stride
         if bytes >= 1 << 20 {
             guard let raw = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),

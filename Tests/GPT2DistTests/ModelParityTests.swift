@@ -4,6 +4,7 @@ import Data
 import Foundation
 import GPT2
 import Testing
+import Training
 
 /// The Swift model against PyTorch + Hugging Face transformers on a small random GPT-2
 /// (fixtures from Tests/Fixtures/make_gpt2_fixtures.py).
@@ -116,5 +117,29 @@ struct RecomputeTests {
         #expect(l0 == l1)
         #expect(g0 == g1)
         #expect(bytes1 < bytes0)
+    }
+}
+
+/// A steady-state training step reuses every buffer: parameters, gradients, activations, AdamW state.
+struct SteadyStateTests {
+    @Test func trainingStepAllocatesNothing() throws {
+        let cfg = try GPT2Config(vocabSize: 256, contextLength: 32, embDim: 48, nHeads: 4, nLayers: 2, dropRate: 0.1)
+        let model = GPT2Model(config: cfg)
+        model.initialize(seed: 1)
+        let graph = GPT2Graph(model: model, batch: 2, seqLen: 16, mode: .train)
+        for i in 0..<32 { graph.inputs.pointer[i] = Int32(i * 5 % 256); graph.targets.pointer[i] = Int32(i * 3 % 256) }
+        let opt = Training.AdamW(layout: model.parameters.layout, hyper: .init())
+        func step(_ s: Int) {
+            model.parameters.zeroGradients()
+            graph.forward(step: s, seed: 1)
+            graph.backward()
+            opt.step(params: model.parameters.values.pointer, grads: model.parameters.gradients.pointer, lr: 1e-3, t: s + 1, gradScale: 1)
+        }
+        step(0)
+        // (Counted per thread: other suites run concurrently in this process.)
+        let buffers = FloatBuffer.allocationsOnThisThread
+        #expect(buffers > 0)
+        for s in 1...5 { step(s) }
+        #expect(FloatBuffer.allocationsOnThisThread == buffers)
     }
 }

@@ -349,3 +349,28 @@ func childPIDs(of parent: Int32) -> [Int32] {
     }
     return found.sorted()
 }
+
+extension MultiRankTests {
+    @Test func aDeadRankEndsTheJobInsteadOfHanging() throws {
+        let dir = tmpDir("deadrank")
+        let cfg = try writeConfig(dir, dropRate: 0)
+        let out = dir + "/run"
+        let p = CLI.process(ranks: 2, trainArgs(config: cfg, out: out, steps: 100_000))
+        let err = Pipe()
+        p.standardOutput = FileHandle.nullDevice; p.standardError = err
+        try p.run()
+        let deadline = Date().addingTimeInterval(60)
+        while Date() < deadline, ((try? MetricsLog.read(path: out + "/metrics.h5"))?["step"]?.count ?? 0) < 3 { usleep(100_000) }
+        guard let victim = childPIDs(of: p.processIdentifier).last else { p.terminate(); Issue.record("no ranks"); return }
+        let killed = Date()
+        kill(victim, SIGKILL)
+        let watchdog = DispatchWorkItem { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
+        DispatchQueue.global().asyncAfter(deadline: .now() + 60, execute: watchdog)
+        let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        p.waitUntilExit()
+        watchdog.cancel()
+        #expect(p.terminationStatus != 0)
+        #expect(Date().timeIntervalSince(killed) < 30, "the job hung after a rank died")
+        #expect(text.contains("signal 9") || text.contains("Killed"), "\(text)")
+    }
+}

@@ -148,6 +148,10 @@ func expectClose(_ a: [Double], _ b: [Double], rel: Double, _ what: String, sour
         let b = try CLI.run(ranks: 2, trainArgs(config: cfg, out: dir + "/plain", steps: 9, extra: ["--resume"] + b12))
         #expect(b.status == 0, "\(b.stderr)")
         expectClose(try losses(dir + "/zero4"), try losses(dir + "/plain"), rel: 1e-5, "resumed from ZeRO np 4 at np 2")
+        // Recomputing activations (here together with ZeRO-1) changes memory, not losses.
+        let rc = try CLI.run(ranks: 2, trainArgs(config: cfg, out: dir + "/recompute", steps: 6, extra: ["--recompute", "--zero", "1"] + b12))
+        #expect(rc.status == 0, "\(rc.stderr)")
+        expectClose(try losses(dir + "/recompute"), reference, rel: 1e-5, "--recompute --zero 1 vs plain")
     }
 
     @Test func predictedMemoryMatchesMeasuredPeakRSS() throws {

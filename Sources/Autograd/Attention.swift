@@ -4,26 +4,27 @@ import Foundation
 /// qkv: [B, T, 3C] (columns q | k | v, head h at channels h*hs ..< (h+1)*hs within each);
 /// out: [B, T, C]. Per (batch, head): S = Q K^T / sqrt(hs) (sgemm), causal softmax, O = P V (sgemm),
 /// reading heads in place through leading dimensions, so there is no transpose or copy.
-/// The softmax probabilities are kept for backward; dropout on them is recomputed from counters.
+/// Only each row's log-sum-exp is kept: backward recomputes P = exp(S - lse) from Q and K (one extra sgemm),
+/// so attention needs B·H·T floats instead of B·H·T² (4.8 GB for GPT-2 124M at B=8, T=1024).
+/// Dropout on P is recomputed from counters.
 public final class CausalSelfAttentionOp: Op {
     let qkv: Tensor, out: Tensor
-    let probs: UnsafeMutablePointer<Float>  // [B, NH, T, T]; may be shared by blocks that recompute
-    let scratch: UnsafeMutablePointer<Float>  // per worker: 2 * T * T
+    let lse: UnsafeMutablePointer<Float>  // [B, NH, T]
+    let scratch: UnsafeMutablePointer<Float>  // per worker: 3 * T * T
     let batch: Int, seqLen: Int, heads: Int, channels: Int, headSize: Int, workers: Int
     let dropRate: Float, site: UInt64, context: StepContext
 
     public init(qkv: Tensor, out: Tensor, batch: Int, seqLen: Int, heads: Int,
-                dropRate: Float = 0, site: UInt64 = 0, context: StepContext, arena: ActivationArena,
-                probs sharedProbs: UnsafeMutablePointer<Float>? = nil) {
+                dropRate: Float = 0, site: UInt64 = 0, context: StepContext, arena: ActivationArena) {
         channels = out.lastDimension
         precondition(channels % heads == 0, "emb_dim must be divisible by n_heads")
         precondition(qkv.count == batch * seqLen * 3 * channels && out.count == batch * seqLen * channels)
         self.qkv = qkv; self.out = out
         self.batch = batch; self.seqLen = seqLen; self.heads = heads; headSize = channels / heads
         self.dropRate = dropRate; self.site = site; self.context = context
-        probs = sharedProbs ?? arena.scratch(batch * heads * seqLen * seqLen)
+        lse = arena.scratch(batch * heads * seqLen)
         workers = max(Parallel.threads, 1)
-        scratch = arena.scratch(workers * 2 * seqLen * seqLen)
+        scratch = arena.scratch(workers * 3 * seqLen * seqLen)
     }
 
     var dropping: Bool { context.training && dropRate > 0 }
@@ -45,24 +46,31 @@ public final class CausalSelfAttentionOp: Op {
         }
     }
 
+    /// Scaled scores S = Q K^T / sqrt(hs) of one (batch, head) into `s` [T, T].
+    @inline(__always)
+    func scores(_ item: Int, into s: UnsafeMutablePointer<Float>) {
+        let T = seqLen, C3 = 3 * channels, b = item / heads, h = item % heads
+        let q = qkv.data + b * T * C3 + h * headSize
+        BLAS.gemm(.none, .transpose, m: T, n: T, k: headSize, alpha: 1 / Float(headSize).squareRoot(), a: q, lda: C3,
+                  b: q + channels, ldb: C3, beta: 0, c: s, ldc: T)
+    }
+
     public func forward() {
         let T = seqLen, C = channels, hs = headSize, C3 = 3 * C
-        let scale = 1 / Float(hs).squareRoot()
         withSingleThreadedBLAS {
             Parallel.forEach(batch * heads) { w, item in
                 let b = item / heads, h = item % heads
-                let q = qkv.data + b * T * C3 + h * hs, k = q + C, v = q + 2 * C
-                let p = probs + item * T * T
-                BLAS.gemm(.none, .transpose, m: T, n: T, k: hs, alpha: scale, a: q, lda: C3, b: k, ldb: C3,
-                          beta: 0, c: p, ldc: T)
+                let v = qkv.data + b * T * C3 + h * hs + 2 * C
+                let p = scratch + w * 3 * T * T
+                scores(item, into: p)
                 for i in 0..<T {
                     let row = p + i * T
-                    Kernels.softmax(row, i + 1)
+                    lse[item * T + i] = Kernels.softmax(row, i + 1)
                     for j in (i + 1)..<T { row[j] = 0 }
                 }
                 var pUsed = UnsafePointer(p)
                 if dropping {
-                    let pd = scratch + w * 2 * T * T
+                    let pd = p + T * T
                     droppedProbs(p, pd, key: maskKey(b, h))
                     pUsed = UnsafePointer(pd)
                 }
@@ -82,9 +90,17 @@ public final class CausalSelfAttentionOp: Op {
                 let off = b * T * C3 + h * hs
                 let q = qkv.data + off, k = q + C, v = q + 2 * C
                 let dq = dqkv + off, dk = dq + C, dv = dq + 2 * C
-                let p = probs + item * T * T
                 let dO = dout + b * T * C + h * hs
-                let dp = scratch + w * 2 * T * T, pd = dp + T * T
+                let p = scratch + w * 3 * T * T, dp = p + T * T, pd = dp + T * T
+                // P = exp(S - lse), recomputed.
+                scores(item, into: p)
+                for i in 0..<T {
+                    let row = p + i * T, m = Vec(repeating: lse[item * T + i])
+                    var j = 0
+                    while j + 8 <= i + 1 { store(vexp(load(row + j) - m), row + j); j += 8 }
+                    while j <= i { row[j] = sexp(row[j] - m[0]); j += 1 }
+                    for j in (i + 1)..<T { row[j] = 0 }
+                }
                 var pUsed = UnsafePointer(p)
                 let key = dropping ? maskKey(b, h) : 0
                 if dropping { droppedProbs(p, pd, key: key); pUsed = UnsafePointer(pd) }

@@ -84,23 +84,21 @@ public final class GPT2Graph {
         struct Internals {
             var ln1, qkv, att, proj, x1, ln2, fc, gelu, mproj: Tensor
             var projDrop: Tensor?, mprojDrop: Tensor?
-            var probs: UnsafeMutablePointer<Float>?
             var all: [Tensor] { [ln1, qkv, att, proj, x1, ln2, fc, gelu, mproj] + [projDrop, mprojDrop].compactMap { $0 } }
         }
         let dropping = drop > 0 && mode == .train
-        func internals(sharedProbs: Bool) -> Internals {
+        func internals() -> Internals {
             Internals(ln1: act([B, T, C]), qkv: act([B, T, 3 * C]), att: act([B, T, C]), proj: act([B, T, C]),
                       x1: act([B, T, C]), ln2: act([B, T, C]), fc: act([B, T, 4 * C]), gelu: act([B, T, 4 * C]),
                       mproj: act([B, T, C]), projDrop: dropping ? act([B, T, C]) : nil,
-                      mprojDrop: dropping ? act([B, T, C]) : nil,
-                      probs: sharedProbs ? arena.scratch(B * cfg.nHeads * T * T) : nil)
+                      mprojDrop: dropping ? act([B, T, C]) : nil)
         }
         let recomputing = recompute && mode == .train
-        let shared = recomputing ? internals(sharedProbs: true) : nil
+        let shared = recomputing ? internals() : nil
         for l in 0..<L {
             let n = "h.\(l)."
             let site = UInt64(l) << 8
-            let a = shared ?? internals(sharedProbs: false)
+            let a = shared ?? internals()
             if recomputing { tape.beginSegment() }
             tape.record(LayerNormOp(x: x, weight: p.tensor(n + "ln_1.weight"), bias: p.tensor(n + "ln_1.bias"),
                                     out: a.ln1, arena: arena), completesParametersFrom: offset(n + "ln_1.weight"))
@@ -108,7 +106,7 @@ public final class GPT2Graph {
                                  bias: cfg.qkvBias ? p.tensor(n + "attn.c_attn.bias") : nil, out: a.qkv, arena: arena))
             tape.record(CausalSelfAttentionOp(qkv: a.qkv, out: a.att, batch: B, seqLen: T, heads: cfg.nHeads,
                                               dropRate: mode == .train ? drop : 0, site: site | 1,
-                                              context: ctx, arena: arena, probs: a.probs))
+                                              context: ctx, arena: arena))
             tape.record(LinearOp(x: a.att, weight: p.tensor(n + "attn.c_proj.weight"),
                                  bias: p.tensor(n + "attn.c_proj.bias"), out: a.proj, arena: arena))
             if let d = a.projDrop { tape.record(DropoutOp(x: a.proj, out: d, rate: drop, site: site | 2, context: ctx)) }

@@ -14,13 +14,18 @@ public enum TokenShardFormat {
     public static let version: Int32 = 1
     public static let headerBytes = 256 * 4
 
-    public static func write(tokens: [UInt16], to path: String) throws {
+    /// The bytes of a shard holding `tokens`.
+    public static func encode(_ tokens: [UInt16]) -> Data {
         var header = [Int32](repeating: 0, count: 256)
         header[0] = magic; header[1] = version; header[2] = Int32(tokens.count)
         var data = Data(capacity: headerBytes + tokens.count * 2)
         header.withUnsafeBytes { data.append(contentsOf: $0) }
         tokens.withUnsafeBytes { data.append(contentsOf: $0) }
-        guard FileManager.default.createFile(atPath: path, contents: data) else {
+        return data
+    }
+
+    public static func write(tokens: [UInt16], to path: String) throws {
+        guard FileManager.default.createFile(atPath: path, contents: encode(tokens)) else {
             throw DataError("cannot write \(path)")
         }
     }
@@ -75,6 +80,11 @@ public final class TokenDataset: @unchecked Sendable {
             shards.append(d); starts.append(total); total += n
         }
         self.paths = paths; self.shards = shards; self.starts = starts; count = total
+    }
+
+    /// Tokens already in memory (e.g. text tokenized on the fly), seen as one shard.
+    public init(tokens: [UInt16]) {
+        paths = ["<memory>"]; shards = [TokenShardFormat.encode(tokens)]; starts = [0]; count = tokens.count
     }
 
     /// Expands a file, a directory (its *.bin files, sorted) or a glob pattern into shard paths.

@@ -5,6 +5,7 @@ import Data
 import Distributed
 import Foundation
 import GPT2
+import Tokenizer
 import Training
 
 /// Resolves a run directory or a `latest` pointer to a checkpoint file.
@@ -25,12 +26,16 @@ struct Eval: ParsableCommand {
         abstract: "Mean next-token cross-entropy of a checkpoint on a token file.",
         discussion: """
         Uses the batch order of training: batch s starts at token (s mod M)*B*T, M = floor((tokens-1)/(B*T)),
-        for s = 0 ..< --batches. Runs alone or under mpirun (rows split over ranks).
+        for s = 0 ..< --batches. Runs alone or under mpirun (rows split over ranks). --text tokenizes a UTF-8
+        file with GPT-2's BPE first (one document, preceded by <|endoftext|>, as prepare does).
           gpt2-dist eval --checkpoint runs/demo --data data/shakespeare/val_000000.bin --batch-size 8 --seq-len 128 --batches 10
+          gpt2-dist eval --checkpoint runs/demo --text some.txt --batch-size 4 --seq-len 128 --batches 5 --json
         """
     )
     @Option(help: "Checkpoint file, `latest` pointer, or run directory.") var checkpoint: String
-    @Option(help: "Token file (.bin), directory of shards, or glob.") var data: String
+    @Option(help: "Token file (.bin), directory of shards, or glob.") var data: String?
+    @Option(help: "A UTF-8 text file to tokenize and evaluate on (instead of --data).") var text: String?
+    @Option(help: "GPT-2 vocabulary for --text: gpt2.tiktoken or a directory with it.") var vocab = "data/gpt2"
     @Option(help: "Sequences per batch.") var batchSize = 8
     @Option(help: "Tokens per sequence.") var seqLen = 128
     @Option(help: "Number of batches.") var batches = 10
@@ -50,7 +55,22 @@ struct Eval: ParsableCommand {
             guard seqLen > 0, seqLen <= model.config.contextLength else {
                 throw TrainError("--seq-len \(seqLen) must be in 1...\(model.config.contextLength) (context_length)")
             }
-            let tokens = try TokenDataset(spec: data, vocabSize: model.config.vocabSize)
+            let tokens: TokenDataset
+            switch (data, text) {
+            case (let d?, nil):
+                tokens = try TokenDataset(spec: d, vocabSize: model.config.vocabSize)
+            case (nil, let t?):
+                guard let raw = FileManager.default.contents(atPath: t), let s = String(data: raw, encoding: .utf8) else {
+                    throw TrainError("cannot read UTF-8 text from \(t)")
+                }
+                let ids = [Int32(GPT2Tokenizer.endOfText)] + (try loadTokenizer(vocab)).encode(s, allowSpecial: false)
+                if let bad = ids.first(where: { Int($0) >= model.config.vocabSize }) {
+                    throw TrainError("token id \(bad) of \(t) is out of range for the model's vocab_size \(model.config.vocabSize)")
+                }
+                tokens = TokenDataset(tokens: ids.map { UInt16($0) })
+            default:
+                throw TrainError("give exactly one of --data or --text")
+            }
             let order = try BatchOrder(tokenCount: tokens.count, batchSize: batchSize, seqLen: seqLen)
             let graph = GPT2Graph(model: model, batch: batchSize / comm.size, seqLen: seqLen, mode: .evaluate)
             let t0 = Runtime.now()

@@ -11,28 +11,19 @@ import Foundation
 public final class BucketedAllReduce: @unchecked Sendable {
     public let buckets: [Range<Int>]
     public let overlap: Bool
-    let comm: Communicator
-    let base: UnsafeMutablePointer<Float>
-
+    let worker: Worker
+    private var thread: Thread?
     private var nextBucket = 0
     private var submitted = 0
-    private let lock = NSLock()
-    private var queue: [Range<Int>] = []
-    private let workAvailable = DispatchSemaphore(value: 0)
-    private let bucketDone = DispatchSemaphore(value: 0)
-    private var thread: Thread?
 
     /// Seconds the caller spent blocked in `finish` (communication not hidden behind backward).
     public private(set) var waitSeconds = 0.0
-    /// Seconds spent inside MPI all-reduce calls.
-    public private(set) var commSeconds = 0.0
+    /// Seconds spent inside MPI calls.
+    public var commSeconds: Double { worker.locked { worker.commSeconds } }
 
     /// `bucketFloats` ~ 25 MB / 4 by default; buckets are cut from the end of the buffer towards its start.
-    let blockSize: Int?
-
     public init(comm: Communicator, base: UnsafeMutablePointer<Float>, count: Int, bucketFloats: Int, overlap: Bool,
                 blockSize: Int? = nil) {
-        self.blockSize = blockSize
         precondition(bucketFloats > 0)
         var ranges: [Range<Int>] = []
         var hi = count
@@ -42,42 +33,66 @@ public final class BucketedAllReduce: @unchecked Sendable {
             hi = lo
         }
         buckets = ranges
-        self.base = base
         self.overlap = overlap && comm.size > 1
-        self.comm = self.overlap ? comm.duplicate() : comm
+        worker = Worker(comm: self.overlap ? comm.duplicate() : comm, base: base, blockSize: blockSize)
         if self.overlap {
-            let t = Thread { [unowned self] in self.serve() }
+            // The thread owns the worker (not self), so it never touches a released reducer.
+            let w = worker
+            let t = Thread { w.serve() }
             t.name = "gpt2-dist-allreduce"
             t.start()
             thread = t
         }
     }
 
-    private func serve() {
-        while true {
-            workAvailable.wait()
-            lock.lock()
-            let r = queue.removeFirst()
-            lock.unlock()
-            if r.isEmpty { return }  // shutdown marker
-            reduce(r)
-            bucketDone.signal()
-        }
+    deinit {
+        if thread != nil { worker.submit(0..<0) }  // shutdown marker
     }
 
-    private func reduce(_ r: Range<Int>) {
-        let t0 = DispatchTime.now().uptimeNanoseconds
-        if let block = blockSize {
-            let (counts, offsets) = Self.split(r, blockSize: block, ranks: comm.size)
-            comm.reduceScatterSumInPlace(base + r.lowerBound, counts: counts)
-            if counts[comm.rank] > 0 && offsets[comm.rank] > 0 {
-                memmove(base + r.lowerBound + offsets[comm.rank], base + r.lowerBound, counts[comm.rank] * 4)
-            }
-        } else {
-            comm.allReduceSum(base + r.lowerBound, count: r.count)
+    /// The communication thread's state: a queue of buckets and the reduction itself.
+    final class Worker: @unchecked Sendable {
+        let comm: Communicator, base: UnsafeMutablePointer<Float>, blockSize: Int?
+        private let lock = NSLock()
+        private var queue: [Range<Int>] = []
+        private let workAvailable = DispatchSemaphore(value: 0)
+        let bucketDone = DispatchSemaphore(value: 0)
+        var commSeconds = 0.0
+
+        init(comm: Communicator, base: UnsafeMutablePointer<Float>, blockSize: Int?) {
+            self.comm = comm; self.base = base; self.blockSize = blockSize
         }
-        let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
-        lock.lock(); commSeconds += dt; lock.unlock()
+
+        func locked<R>(_ body: () -> R) -> R { lock.lock(); defer { lock.unlock() }; return body() }
+
+        func submit(_ r: Range<Int>) {
+            locked { queue.append(r) }
+            workAvailable.signal()
+        }
+
+        func serve() {
+            while true {
+                workAvailable.wait()
+                let r = locked { queue.removeFirst() }
+                if r.isEmpty { return }
+                reduce(r)
+                bucketDone.signal()
+            }
+        }
+
+        func reduce(_ r: Range<Int>) {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            if let block = blockSize {
+                let (counts, offsets) = BucketedAllReduce.split(r, blockSize: block, ranks: comm.size)
+                comm.reduceScatterSumInPlace(base + r.lowerBound, counts: counts)
+                if counts[comm.rank] > 0 && offsets[comm.rank] > 0 {
+                    memmove(base + r.lowerBound + offsets[comm.rank], base + r.lowerBound, counts[comm.rank] * 4)
+                }
+            } else {
+                comm.allReduceSum(base + r.lowerBound, count: r.count)
+            }
+            let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            locked { commSeconds += dt }
+        }
     }
 
     /// Starts a reducing backward pass.
@@ -90,25 +105,20 @@ public final class BucketedAllReduce: @unchecked Sendable {
     public func ready(from offset: Int) {
         guard overlap else { return }
         while nextBucket < buckets.count && buckets[nextBucket].lowerBound >= offset {
-            submit(buckets[nextBucket])
+            worker.submit(buckets[nextBucket])
+            submitted += 1
             nextBucket += 1
         }
-    }
-
-    private func submit(_ r: Range<Int>) {
-        lock.lock(); queue.append(r); lock.unlock()
-        submitted += 1
-        workAvailable.signal()
     }
 
     /// Reduces whatever is left and waits until every bucket is summed.
     public func finish() {
         let t0 = DispatchTime.now().uptimeNanoseconds
         if overlap {
-            while nextBucket < buckets.count { submit(buckets[nextBucket]); nextBucket += 1 }
-            for _ in 0..<submitted { bucketDone.wait() }
-        } else if comm.size > 1 {
-            for r in buckets { reduce(r) }
+            ready(from: 0)
+            for _ in 0..<submitted { worker.bucketDone.wait() }
+        } else if worker.comm.size > 1 {
+            for r in buckets { worker.reduce(r) }
         }
         waitSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
     }
@@ -127,19 +137,15 @@ public final class BucketedAllReduce: @unchecked Sendable {
 
     /// ZeRO-1's parameter all-gather, bucket by bucket (no full-size temporaries).
     public func allGather(_ params: UnsafeMutablePointer<Float>) {
-        guard let block = blockSize, comm.size > 1 else { return }
+        guard let block = worker.blockSize, worker.comm.size > 1 else { return }
         for r in buckets.reversed() {
-            let (counts, offsets) = Self.split(r, blockSize: block, ranks: comm.size)
-            comm.allGatherInPlace(params + r.lowerBound, counts: counts, displacements: offsets)
+            let (counts, offsets) = Self.split(r, blockSize: block, ranks: worker.comm.size)
+            worker.comm.allGatherInPlace(params + r.lowerBound, counts: counts, displacements: offsets)
         }
     }
 
-    public func resetTimers() { waitSeconds = 0; commSeconds = 0 }
-
-    deinit {
-        if thread != nil {
-            lock.lock(); queue.append(0..<0); lock.unlock()
-            workAvailable.signal()
-        }
+    public func resetTimers() {
+        waitSeconds = 0
+        worker.locked { worker.commSeconds = 0 }
     }
 }

@@ -16,6 +16,21 @@ public final class MetricsLog {
         try f.setAttribute("/", "format", string: "gpt2-dist metrics")
     }
 
+    /// Opens the run's metrics for appending. A file that HDF5 cannot open (a crash in the middle of a write)
+    /// is kept under another name, never deleted, and a new file is started.
+    public static func openOrCreate(path: String, log: (String) -> Void) throws -> MetricsLog {
+        do {
+            return try MetricsLog(path: path)
+        } catch where FileManager.default.fileExists(atPath: path) {
+            var aside = path + ".unreadable"
+            var k = 1
+            while FileManager.default.fileExists(atPath: aside) { k += 1; aside = path + ".unreadable-\(k)" }
+            try FileManager.default.moveItem(atPath: path, toPath: aside)
+            log("  warning: \(path) could not be opened (\(error)); kept it as \(aside) and started a new one")
+            return try MetricsLog(path: path)
+        }
+    }
+
     public func append(_ values: [String: Double]) throws {
         let f = try HDF5File.open(path, writable: true)
         defer { f.close() }
@@ -85,8 +100,16 @@ public enum LossPlot {
     public static func render(runDirectory dir: String) throws -> String {
         let m = try MetricsLog.read(path: dir + "/metrics.h5")
         let name = URL(fileURLWithPath: dir).lastPathComponent
-        let text = svg(steps: m["step"] ?? [], train: m["train_loss"] ?? [], valSteps: m["val_step"] ?? [],
-                       val: m["val_loss"] ?? [], title: "gpt2-dist: \(name)")
+        // A resumed run logs again the steps after its checkpoint: draw the last value logged for each step.
+        func latest(_ xs: [Double], _ ys: [Double]) -> ([Double], [Double]) {
+            var byStep: [Double: Double] = [:]
+            for (x, y) in zip(xs, ys) { byStep[x] = y }
+            let keys = byStep.keys.sorted()
+            return (keys, keys.map { byStep[$0]! })
+        }
+        let (steps, train) = latest(m["step"] ?? [], m["train_loss"] ?? [])
+        let (valSteps, val) = latest(m["val_step"] ?? [], m["val_loss"] ?? [])
+        let text = svg(steps: steps, train: train, valSteps: valSteps, val: val, title: "gpt2-dist: \(name)")
         let out = dir + "/loss.svg"
         try AtomicFile.write(text: text, to: out)
         return out

@@ -139,8 +139,10 @@ public final class Trainer {
                     reader = try TrainCheckpoint.Reader(path: r, model: model)
                     startStep = reader!.state.step; tokensSeen = reader!.state.tokensSeen
                 } else if let i = s.initPath {
-                    let (loaded, _) = try ModelFile.load(path: i)
-                    params.values.copy(from: loaded.parameters.values)
+                    // Straight into the flat buffer: no second copy of the model (it may be 1.5B parameters).
+                    let f = try HDF5File.open(i)
+                    defer { f.close() }
+                    try ModelFile.readTensors(f, group: "/params", layout: params.layout, into: params.values.pointer)
                 } else {
                     model.initialize(seed: UInt64(o.seed))
                 }
@@ -174,7 +176,12 @@ public final class Trainer {
                                         bucketFloats: max(1, Int(o.bucketMB * 1_048_576 / 4)), overlap: o.overlap,
                                         blockSize: sharding.sharded ? sharding.blockSize : nil)
         let flopsPerStep = cfg.flopsPerToken(seqLen: T) * Double(B * T)
-        let metrics = comm.isRoot ? try MetricsLog(path: o.out + "/metrics.h5") : nil
+        var metrics: MetricsLog?
+        var metricsError: String?
+        if comm.isRoot {
+            do { metrics = try MetricsLog.openOrCreate(path: o.out + "/metrics.h5", log: log) } catch { metricsError = "\(error)" }
+        }
+        if let message = comm.agreeOnFailure(metricsError) { throw TrainError(message) }
         StopSignal.install()
 
         if comm.isRoot {

@@ -25,11 +25,16 @@ public final class HDF5File {
         return HDF5File(path: path, id: f)
     }
 
-    public static func open(_ path: String, writable: Bool = false) throws -> HDF5File {
+    /// `locking: false` opens without HDF5's file lock, so a reader (plot, a test, a monitor) never blocks the
+    /// trainer from appending to the file it is reading.
+    public static func open(_ path: String, writable: Bool = false, locking: Bool = true) throws -> HDF5File {
         _ = silenced
         guard FileManager.default.isReadableFile(atPath: path) else { throw FileFormatError("cannot read \(path)") }
         guard H5Fis_hdf5(path) > 0 else { throw FileFormatError("\(path) is not an HDF5 file (corrupt or truncated?)") }
-        let f = H5Fopen(path, writable ? gd_h5f_acc_rdwr() : gd_h5f_acc_rdonly(), gd_h5p_default())
+        let fapl = H5Pcreate(gd_h5p_file_access())
+        defer { H5Pclose(fapl) }
+        if !locking { H5Pset_file_locking(fapl, false, true) }
+        let f = H5Fopen(path, writable ? gd_h5f_acc_rdwr() : gd_h5f_acc_rdonly(), fapl)
         guard f >= 0 else { throw FileFormatError("cannot open HDF5 file \(path) (corrupt or truncated?)") }
         return HDF5File(path: path, id: f)
     }

@@ -31,15 +31,29 @@ public final class MetricsLog {
         }
     }
 
-    public func append(_ values: [String: Double]) throws {
-        let f = try HDF5File.open(path, writable: true)
-        defer { f.close() }
-        for (k, v) in values.sorted(by: { $0.key < $1.key }) { try f.append(k, v) }
-        f.flush()
+    private var pending: [[String: Double]] = []
+
+    /// Appends a row. If the file cannot be opened right now (another program holds HDF5's lock on it), the row
+    /// is kept and written with the next one: a busy metrics file never stops training. Returns a warning then.
+    @discardableResult
+    public func append(_ values: [String: Double]) -> String? {
+        pending.append(values)
+        do {
+            let f = try HDF5File.open(path, writable: true)
+            defer { f.close() }
+            for row in pending {
+                for (k, v) in row.sorted(by: { $0.key < $1.key }) { try f.append(k, v) }
+            }
+            f.flush()
+            pending.removeAll()
+            return nil
+        } catch {
+            return "\(error); \(pending.count) row(s) kept for the next write"
+        }
     }
 
     public static func read(path: String) throws -> [String: [Double]] {
-        let f = try HDF5File.open(path)
+        let f = try HDF5File.open(path, locking: false)
         defer { f.close() }
         var out: [String: [Double]] = [:]
         for s in trainSeries + valSeries where f.exists(s) { out[s] = try f.readDoubles(s) }

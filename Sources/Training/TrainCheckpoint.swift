@@ -116,6 +116,20 @@ public enum TrainCheckpoint {
         public func close() { file.close() }
     }
 
+    /// The settings a run was started with, read from the checkpoint `--resume` would pick (nil when there is
+    /// none yet: then the trainer reports the missing checkpoint itself).
+    public static func storedRunConfig(resume: String, out: String) throws -> TrainOptions? {
+        let path = resume == "latest" ? newestComplete(directory: out) : resume
+        guard let path, let f = try? HDF5File.open(path) else { return nil }
+        defer { f.close() }
+        guard f.hasAttribute("/", "run_config"), let json = try? f.stringAttribute("/", "run_config") else { return nil }
+        do {
+            return try JSONDecoder().decode(TrainOptions.self, from: Data(json.utf8))
+        } catch {
+            throw TrainError("\(path): unreadable run_config attribute (\(error))")
+        }
+    }
+
     public static func readConfig(path: String) throws -> GPT2Config {
         let f = try HDF5File.open(path)
         defer { f.close() }

@@ -202,9 +202,13 @@ public final class Trainer {
             if let i = s.initPath { log("  initialised from \(i)") }
         }
 
-        // Rank 0 alone writes metrics: a failure there must end every rank, not leave them waiting.
+        // Rank 0 alone writes metrics; a busy or failing metrics file is reported, never fatal.
+        var metricsWarned = false
         func record(_ values: [String: Double]) {
-            do { try metrics?.append(values) } catch { comm.abort(message: "writing metrics: \(error)") }
+            if let warning = metrics?.append(values), !metricsWarned {
+                log("  warning: metrics.h5 not written this step: \(warning)")
+                metricsWarned = true
+            }
         }
 
         func saveCheckpoint(step: Int) throws {

@@ -2,6 +2,7 @@ import ArgumentParser
 import Distributed
 import Foundation
 import Training
+import Checkpoint
 
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -59,8 +60,23 @@ struct Train: ParsableCommand {
     @Option(help: "Abort after N non-finite steps in a row (default 5).") var maxBadSteps: Int?
     @OptionGroup var compute: ComputeOptions
 
+    /// Settings in layers: defaults, then (when resuming) the run's own settings stored in its checkpoint,
+    /// then --run-config, then flags. So `--resume --steps 600` continues a run exactly as it was configured.
     func options() throws -> TrainOptions {
         var o = TrainOptions()
+        try applyFileAndFlags(to: &o)
+        if o.resume != nil, let stored = try TrainCheckpoint.storedRunConfig(resume: o.resume!, out: o.out) {
+            var base = stored
+            base.initFrom = nil  // the weights and the model config now come from the checkpoint
+            base.config = nil
+            try applyFileAndFlags(to: &base)
+            o = base
+        }
+        if o.data.isEmpty { throw TrainError("--data is required") }
+        return o
+    }
+
+    func applyFileAndFlags(to o: inout TrainOptions) throws {
         if let rc = runConfig { try o.apply(runConfigFile: rc) }
         if let v = config { o.config = v }
         if let v = data { o.data = v }
@@ -95,8 +111,6 @@ struct Train: ParsableCommand {
         if let v = checksumEvery { o.checksumEvery = v }
         if let v = maxBadSteps { o.maxBadSteps = v }
         if let v = compute.threads { o.threads = v }
-        if o.data.isEmpty { throw TrainError("--data is required") }
-        return o
     }
 
     func run() throws {

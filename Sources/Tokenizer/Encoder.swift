@@ -92,6 +92,17 @@ final class EncodeState {
         }
     }
 
+    /// Grows a manually managed array so that `extra` more elements fit after the `used` ones.
+    private func reserve<T>(_ storage: inout UnsafeMutablePointer<T>, _ capacity: inout Int, used: Int, extra: Int) {
+        guard used + extra > capacity else { return }
+        let cap = max(capacity * 2, used + extra, 4096)
+        let grown = UnsafeMutablePointer<T>.allocate(capacity: cap)
+        grown.moveInitialize(from: storage, count: used)
+        storage.deallocate()
+        storage = grown
+        capacity = cap
+    }
+
     func cacheInsert(_ p: UnsafePointer<UInt8>, _ n: Int, _ h: UInt64, _ ids: UnsafePointer<UInt32>, _ m: Int) {
         if n > EncodeState.maxCachedPieceLength { return }
         if slots == nil || (entries + 1) * 2 > slotMask + 1 {
@@ -121,22 +132,8 @@ final class EncodeState {
                 slotMask = newMask
             }
         }
-        if keysCount + n > keysCapacity {
-            let cap = max(keysCapacity * 2, keysCount + n, 4096)
-            let k = UnsafeMutablePointer<UInt8>.allocate(capacity: cap)
-            k.update(from: keys, count: keysCount)
-            keys.deallocate()
-            keys = k
-            keysCapacity = cap
-        }
-        if valuesCount + m > valuesCapacity {
-            let cap = max(valuesCapacity * 2, valuesCount + m, 4096)
-            let v = UnsafeMutablePointer<UInt32>.allocate(capacity: cap)
-            v.update(from: values, count: valuesCount)
-            values.deallocate()
-            values = v
-            valuesCapacity = cap
-        }
+        reserve(&keys, &keysCapacity, used: keysCount, extra: n)
+        reserve(&values, &valuesCapacity, used: valuesCount, extra: m)
         (keys + keysCount).update(from: p, count: n)
         (values + valuesCount).update(from: ids, count: m)
         var i = Int(truncatingIfNeeded: h) & slotMask

@@ -30,9 +30,15 @@ public enum ModelFile {
         }
     }
 
+    /// Reads every tensor of `layout` from `group`; a non-finite value means a damaged file (gpt2-dist never
+    /// writes one), so it is an error naming the dataset.
     public static func readTensors(_ f: HDF5File, group: String, layout: ParameterLayout, into base: UnsafeMutablePointer<Float>) throws {
         for e in layout.entries {
-            try f.readFloats("\(group)/\(e.name)", shape: e.shape, into: base + e.offset)
+            let p = base + e.offset
+            try f.readFloats("\(group)/\(e.name)", shape: e.shape, into: p)
+            for i in 0..<e.count where !p[i].isFinite {
+                throw FileFormatError("\(f.path): \(group)/\(e.name) holds a non-finite value (damaged file?)")
+            }
         }
     }
 

@@ -110,7 +110,9 @@ public enum TrainCheckpoint {
         }
 
         public func read(_ group: String, _ e: ParameterEntry, into out: UnsafeMutablePointer<Float>) throws {
-            try file.readFloats("/optimizer/\(group)/\(e.name)", shape: e.shape, into: out)
+            var single = ParameterLayout()
+            single.append(e.name, e.shape)
+            try ModelFile.readTensors(file, group: "/optimizer/\(group)", layout: single, into: out)
         }
 
         public func close() { file.close() }

@@ -118,6 +118,12 @@ struct FileFormatTests {
         #expect(throws: (any Error).self) { try ModelFile.load(path: dir + "/junk.h5") }
         let (loaded, step) = try ModelFile.load(path: dir + "/m.h5")
         #expect(step == 3 && Array(loaded.parameters.values.buffer) == Array(model.parameters.values.buffer))
+        // Values that cannot come from training (a damaged file) are refused, naming the tensor.
+        model.parameters.tensor("h.1.mlp.c_fc.bias").data[3] = .nan
+        try ModelFile.save(model: model, step: 3, to: dir + "/nan.h5")
+        do { _ = try ModelFile.load(path: dir + "/nan.h5"); Issue.record("loaded a NaN checkpoint") } catch {
+            #expect("\(error)".contains("h.1.mlp.c_fc.bias") && "\(error)".contains("non-finite"), "\(error)")
+        }
     }
 
     @Test func tokenShardsRoundTripAndSpanMultipleFiles() throws {

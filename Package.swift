@@ -6,7 +6,7 @@ import PackageDescription
 // exclusive-access checks off in their inner loops (bounds are checked where buffers are made).
 // Debug builds optimise too: the test suite trains real (small) models through the debug binary.
 let fast: [SwiftSetting] = [
-    .unsafeFlags(["-Ounchecked", "-wmo"], .when(configuration: .release)),
+    .unsafeFlags(["-Ounchecked"], .when(configuration: .release)),
     .unsafeFlags(["-O"], .when(configuration: .debug)),
 ]
 

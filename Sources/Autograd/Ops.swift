@@ -451,3 +451,92 @@ public final class SoftmaxCrossEntropyOp: Op {
         }
     }
 }
+
+// MARK: - Loss ops
+
+/// The op that ends a graph: a scalar loss whose gradient backward starts from.
+public protocol LossOp: Op {
+    /// Gradient of the loss propagated by backward (1/rows by default: the mean).
+    var gradScale: Float { get set }
+    var loss: Float { get }
+    /// Sum of per-position losses (in Double, for exact means across micro-batches and ranks).
+    var lossSum: Double { get }
+}
+
+extension SoftmaxCrossEntropyOp: LossOp {}
+
+/// Tied output head and softmax cross-entropy fused and taken `chunkRows` positions at a time, so the
+/// [positions, vocab] logits are never stored: forward keeps each row's log-sum-exp, backward recomputes a
+/// chunk's logits (one extra sgemm), turns them into (softmax − onehot)·gradScale and applies both products.
+/// Used with --recompute, where the full logits would otherwise dominate activation memory.
+public final class ChunkedHeadCrossEntropyOp: LossOp {
+    let x: Tensor, wte: Tensor, targets: TokenBuffer
+    let rows: Int, channels: Int, vocab: Int, chunkRows: Int
+    let scratch: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>, rowLoss: UnsafeMutablePointer<Float>
+    public var gradScale: Float
+    public private(set) var loss: Float = 0
+    public private(set) var lossSum: Double = 0
+
+    public init(x: Tensor, wte: Tensor, targets: TokenBuffer, chunkRows: Int = 256, arena: ActivationArena) {
+        rows = x.rows; channels = x.lastDimension; vocab = wte.shape[0]
+        precondition(wte.shape[1] == channels && targets.count >= rows && chunkRows > 0)
+        self.x = x; self.wte = wte; self.targets = targets
+        self.chunkRows = min(chunkRows, rows)
+        scratch = arena.scratch(self.chunkRows * vocab)
+        lse = arena.scratch(rows); rowLoss = arena.scratch(rows)
+        gradScale = 1 / Float(rows)
+    }
+
+    /// Logits of rows [r0, r0 + n) into the scratch buffer.
+    @inline(__always)
+    func logits(_ r0: Int, _ n: Int) {
+        BLAS.gemm(.none, .transpose, m: n, n: vocab, k: channels, a: x.data + r0 * channels, lda: channels,
+                  b: wte.data, ldb: channels, beta: 0, c: scratch, ldc: vocab)
+    }
+
+    public func forward() {
+        let V = vocab
+        var r0 = 0
+        while r0 < rows {
+            let n = min(chunkRows, rows - r0)
+            logits(r0, n)
+            Parallel.chunks(n, costPerItem: V * 2) { _, rs in
+                for i in rs {
+                    let l = scratch + i * V
+                    let v = Kernels.logSumExp(l, V)
+                    lse[r0 + i] = v
+                    rowLoss[r0 + i] = v - l[Int(targets.pointer[r0 + i])]
+                }
+            }
+            r0 += n
+        }
+        var total = 0.0
+        for r in 0..<rows { total += Double(rowLoss[r]) }
+        lossSum = total
+        loss = Float(total / Double(rows))
+    }
+
+    public func backward() {
+        let V = vocab, C = channels, scale = gradScale
+        var r0 = 0
+        while r0 < rows {
+            let n = min(chunkRows, rows - r0)
+            logits(r0, n)
+            Parallel.chunks(n, costPerItem: V) { _, rs in
+                for i in rs {
+                    let d = scratch + i * V
+                    let m = Vec(repeating: lse[r0 + i]), sv = Vec(repeating: scale)
+                    var j = 0
+                    while j + 8 <= V { store(vexp(load(d + j) - m) * sv, d + j); j += 8 }
+                    while j < V { d[j] = sexp(d[j] - lse[r0 + i]) * scale; j += 1 }
+                    d[Int(targets.pointer[r0 + i])] -= scale
+                }
+            }
+            BLAS.gemm(.none, .none, m: n, n: C, k: V, a: scratch, lda: V, b: wte.data, ldb: C, beta: 1,
+                      c: x.grad! + r0 * C, ldc: C)
+            BLAS.gemm(.transpose, .none, m: V, n: C, k: n, a: scratch, lda: V, b: x.data + r0 * C, ldb: C, beta: 1,
+                      c: wte.grad!, ldc: C)
+            r0 += n
+        }
+    }
+}

@@ -51,8 +51,10 @@ public final class GPT2Graph {
     public let tape: Tape
     /// Input token ids [batch, seqLen] and next-token targets, filled by the caller before `forward`.
     public let inputs: TokenBuffer, targets: TokenBuffer
-    public let logits: Tensor
-    let lossOp: SoftmaxCrossEntropyOp?
+    /// Logits [batch, seqLen, vocab] after forward; nil with recompute in training, where the fused chunked
+    /// head never stores them.
+    public let logits: Tensor!
+    let lossOp: (any LossOp)?
 
     /// `recompute` (training only): blocks share one set of internal activation buffers and recompute them
     /// in backward; only each block's output is kept, so activations are ~one block plus the block inputs.
@@ -127,14 +129,22 @@ public final class GPT2Graph {
         let lnf = act([B, T, C])
         tape.record(LayerNormOp(x: x, weight: p.tensor("ln_f.weight"), bias: p.tensor("ln_f.bias"), out: lnf, arena: arena),
                     completesParametersFrom: offset("ln_f.weight"))
-        logits = arena.tensor([B, T, V], gradient: mode == .train ? .inPlace : .none)
-        tape.record(TiedHeadOp(x: lnf, wte: p.tensor("wte"), logits: logits))
-        if mode == .logits {
-            lossOp = nil
-        } else {
-            let ce = SoftmaxCrossEntropyOp(logits: logits, targets: targets, arena: arena)
+        if recomputing {
+            let ce = ChunkedHeadCrossEntropyOp(x: lnf, wte: p.tensor("wte"), targets: targets, arena: arena)
             tape.record(ce)
+            logits = nil
             lossOp = ce
+        } else {
+            let l = arena.tensor([B, T, V], gradient: mode == .train ? .inPlace : .none)
+            tape.record(TiedHeadOp(x: lnf, wte: p.tensor("wte"), logits: l))
+            logits = l
+            if mode == .logits {
+                lossOp = nil
+            } else {
+                let ce = SoftmaxCrossEntropyOp(logits: l, targets: targets, arena: arena)
+                tape.record(ce)
+                lossOp = ce
+            }
         }
     }
 

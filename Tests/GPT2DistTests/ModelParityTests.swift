@@ -114,8 +114,9 @@ struct RecomputeTests {
             return (loss, Array(model.parameters.gradients.buffer), graph.activationBytes)
         }
         let (l0, g0, bytes0) = try run(recompute: false), (l1, g1, bytes1) = try run(recompute: true)
-        #expect(l0 == l1)
-        #expect(g0 == g1)
+        // Blocks recompute exactly; the chunked output head sums wte's gradient chunk by chunk (float order).
+        #expect(abs(l0 - l1) <= 1e-6 * abs(l0))
+        #expect(maxRelativeError(g1, g0, g0.count) < 1e-5)
         #expect(bytes1 < bytes0)
     }
 }

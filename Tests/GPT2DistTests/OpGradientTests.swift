@@ -196,6 +196,28 @@ struct OpGradientTests {
         #expect(op.loss.isFinite)
     }
 
+    @Test func chunkedHeadCrossEntropyEqualsHeadThenCrossEntropy() {
+        let arena = ActivationArena(); var rng = TestRandom(19)
+        let x = randomTensor(arena, [B, T, C], &rng), wte = randomTensor(arena, [V, C], &rng)
+        let targets = TokenBuffer(count: B * T)
+        for i in 0..<(B * T) { targets.pointer[i] = Int32(i * 7 % V) }
+        let fused = ChunkedHeadCrossEntropyOp(x: x, wte: wte, targets: targets, chunkRows: 3, arena: arena)  // 10 rows: chunks 3+3+3+1
+        check("chunked head + cross-entropy", wrt: [x, wte], loss: { fused.forward(); return Double(fused.loss) },
+              backward: { fused.backward() })
+        // Same loss and gradients as the unfused pair.
+        let logits = arena.tensor([B, T, V], gradient: .inPlace)
+        let head = TiedHeadOp(x: x, wte: wte, logits: logits)
+        let ce = SoftmaxCrossEntropyOp(logits: logits, targets: targets, arena: arena)
+        memset(x.grad!, 0, x.count * 4); memset(wte.grad!, 0, wte.count * 4)
+        head.forward(); ce.forward(); ce.backward(); head.backward()
+        let gx = Array(x.gradients!), gw = Array(wte.gradients!)
+        memset(x.grad!, 0, x.count * 4); memset(wte.grad!, 0, wte.count * 4)
+        fused.forward(); fused.backward()
+        #expect(abs(fused.loss - ce.loss) <= 1e-6 * abs(ce.loss))
+        #expect(maxRelativeError(x.grad!, gx, gx.count) < 1e-5)
+        #expect(maxRelativeError(wte.grad!, gw, gw.count) < 1e-5)
+    }
+
     @Test func fastExpAccuracy() {
         var worst: Float = 0
         var x: Float = -87

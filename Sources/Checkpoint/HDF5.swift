@@ -14,7 +14,9 @@ public final class HDF5File {
     let id: hid_t
     private var closed = false
 
-    static let silenced: Void = { _ = H5Eset_auto2(gd_h5e_default(), nil, nil) }()
+    /// We report errors ourselves. The setting is per thread in a thread-safe HDF5 build, so it is applied on
+    /// every open or create rather than once.
+    static var silenced: Void { _ = H5Eset_auto2(gd_h5e_default(), nil, nil) }
 
     private init(path: String, id: hid_t) { self.path = path; self.id = id }
 

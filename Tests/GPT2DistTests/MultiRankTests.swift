@@ -94,6 +94,14 @@ func expectClose(_ a: [Double], _ b: [Double], rel: Double, _ what: String, sour
         expectClose(results[2]!, results[1]!, rel: 1e-5, "np 2 vs np 1")
         expectClose(results[4]!, results[1]!, rel: 1e-5, "np 4 vs np 1")
         #expect(results[1]!.last! < results[1]!.first!, "loss did not decrease: \(results[1]!)")
+        // A shuffled span order is also a function of the seed alone.
+        for np in [1, 2] {
+            let r = try CLI.run(ranks: np, trainArgs(config: cfg, out: dir + "/shuffle\(np)", steps: 6, extra: ["--shuffle"]))
+            #expect(r.status == 0, "\(r.stderr)")
+        }
+        let shuffled = try losses(dir + "/shuffle1")
+        expectClose(try losses(dir + "/shuffle2"), shuffled, rel: 1e-5, "--shuffle np 2 vs np 1")
+        #expect(shuffled != results[1]!, "--shuffle did not change the data order")
     }
 
     @Test func gradientAccumulationEqualsLargeMicroBatch() throws {

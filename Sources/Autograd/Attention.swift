@@ -46,13 +46,29 @@ public final class CausalSelfAttentionOp: Op {
         }
     }
 
-    /// Scaled scores S = Q K^T / sqrt(hs) of one (batch, head) into `s` [T, T].
+    /// Rows are processed in blocks; block [i0, i1) only attends to columns [0, i1), so the products skip most
+    /// of the masked upper triangle (half the score and P·V work at long sequence lengths).
+    static let rowBlock = 64
+
+    @inline(__always)
+    func forEachRowBlock(_ body: (Int, Int) -> Void) {
+        var i0 = 0
+        while i0 < seqLen {
+            let i1 = min(i0 + Self.rowBlock, seqLen)
+            body(i0, i1)
+            i0 = i1
+        }
+    }
+
+    /// Scaled scores S = Q K^T / sqrt(hs) of one (batch, head) into `s` [T, T] (row block [i0, i1): columns < i1).
     @inline(__always)
     func scores(_ item: Int, into s: UnsafeMutablePointer<Float>) {
         let T = seqLen, C3 = 3 * channels, b = item / heads, h = item % heads
         let q = qkv.data + b * T * C3 + h * headSize
-        BLAS.gemm(.none, .transpose, m: T, n: T, k: headSize, alpha: 1 / Float(headSize).squareRoot(), a: q, lda: C3,
-                  b: q + channels, ldb: C3, beta: 0, c: s, ldc: T)
+        forEachRowBlock { i0, i1 in
+            BLAS.gemm(.none, .transpose, m: i1 - i0, n: i1, k: headSize, alpha: 1 / Float(headSize).squareRoot(),
+                      a: q + i0 * C3, lda: C3, b: q + channels, ldb: C3, beta: 0, c: s + i0 * T, ldc: T)
+        }
     }
 
     public func forward() {
@@ -74,8 +90,11 @@ public final class CausalSelfAttentionOp: Op {
                     droppedProbs(p, pd, key: maskKey(b, h))
                     pUsed = UnsafePointer(pd)
                 }
-                BLAS.gemm(.none, .none, m: T, n: hs, k: T, a: pUsed, lda: T, b: v, ldb: C3, beta: 0,
-                          c: out.data + b * T * C + h * hs, ldc: C)
+                let o = out.data + b * T * C + h * hs
+                forEachRowBlock { i0, i1 in
+                    BLAS.gemm(.none, .none, m: i1 - i0, n: hs, k: i1, a: pUsed + i0 * T, lda: T, b: v, ldb: C3, beta: 0,
+                              c: o + i0 * C, ldc: C)
+                }
             }
         }
     }
@@ -102,16 +121,21 @@ public final class CausalSelfAttentionOp: Op {
                     for j in (i + 1)..<T { row[j] = 0 }
                 }
                 var pUsed = UnsafePointer(p)
-                let key = dropping ? maskKey(b, h) : 0
-                if dropping { droppedProbs(p, pd, key: key); pUsed = UnsafePointer(pd) }
-                // dV += P'^T dO ; dP' = dO V^T
-                BLAS.gemm(.transpose, .none, m: T, n: hs, k: T, a: pUsed, lda: T, b: dO, ldb: C, beta: 1, c: dv, ldc: C3)
-                BLAS.gemm(.none, .transpose, m: T, n: T, k: hs, a: dO, lda: C, b: v, ldb: C3, beta: 0, c: dp, ldc: T)
-                let keep = 1 - dropRate, inv = 1 / keep
+                if dropping { droppedProbs(p, pd, key: maskKey(b, h)); pUsed = UnsafePointer(pd) }
+                // dV += P'^T dO ; dP' = dO V^T (block [i0, i1) touches columns < i1 only)
+                forEachRowBlock { i0, i1 in
+                    BLAS.gemm(.transpose, .none, m: i1, n: hs, k: i1 - i0, a: pUsed + i0 * T, lda: T, b: dO + i0 * C, ldb: C,
+                              beta: 1, c: dv, ldc: C3)
+                    BLAS.gemm(.none, .transpose, m: i1 - i0, n: i1, k: hs, a: dO + i0 * C, lda: C, b: v, ldb: C3, beta: 0,
+                              c: dp + i0 * T, ldc: T)
+                }
+                let inv = 1 / (1 - dropRate)
                 for i in 0..<T {
-                    let pr = p + i * T, dr = dp + i * T
+                    let pr = p + i * T, dr = dp + i * T, kept = pd + i * T
                     if dropping {
-                        for j in 0...i { dr[j] = CounterRandom.uniform(key, UInt64(i * T + j)) < keep ? dr[j] * inv : 0 }
+                        // The mask is already in P' (zero where dropped); where P itself is 0 the mask cannot
+                        // matter, since dS = P * (...). So no second pass of hashing.
+                        for j in 0...i { dr[j] = kept[j] != 0 ? dr[j] * inv : 0 }
                     }
                     // softmax backward: dS = P * (dP - sum_j P dP)
                     var dot: Float = 0
@@ -120,8 +144,12 @@ public final class CausalSelfAttentionOp: Op {
                     for j in (i + 1)..<T { dr[j] = 0 }
                 }
                 // dQ += scale * dS K ; dK += scale * dS^T Q
-                BLAS.gemm(.none, .none, m: T, n: hs, k: T, alpha: scale, a: dp, lda: T, b: k, ldb: C3, beta: 1, c: dq, ldc: C3)
-                BLAS.gemm(.transpose, .none, m: T, n: hs, k: T, alpha: scale, a: dp, lda: T, b: q, ldb: C3, beta: 1, c: dk, ldc: C3)
+                forEachRowBlock { i0, i1 in
+                    BLAS.gemm(.none, .none, m: i1 - i0, n: hs, k: i1, alpha: scale, a: dp + i0 * T, lda: T, b: k, ldb: C3,
+                              beta: 1, c: dq + i0 * C3, ldc: C3)
+                    BLAS.gemm(.transpose, .none, m: i1, n: hs, k: i1 - i0, alpha: scale, a: dp + i0 * T, lda: T,
+                              b: q + i0 * C3, ldb: C3, beta: 1, c: dk, ldc: C3)
+                }
             }
         }
     }

@@ -111,6 +111,38 @@ struct OpGradientTests {
         }
     }
 
+    @Test func attentionOverSeveralRowBlocks() {
+        // T spans several 64-row blocks (and a partial one): compare with a direct double-precision evaluation.
+        let T = 150, C = 8, H = 2, hs = 4
+        let arena = ActivationArena(); var rng = TestRandom(21)
+        let ctx = StepContext()
+        let qkv = randomTensor(arena, [1, T, 3 * C], &rng, lo: -2, hi: 2)
+        let out = arena.tensor([1, T, C])
+        let op = CausalSelfAttentionOp(qkv: qkv, out: out, batch: 1, seqLen: T, heads: H, context: ctx, arena: arena)
+        op.forward()
+        var worst = 0.0
+        for h in 0..<H {
+            for i in 0..<T {
+                var w = [Double](repeating: 0, count: i + 1)
+                for j in 0...i {
+                    var d = 0.0
+                    for c in 0..<hs { d += Double(qkv.data[i * 3 * C + h * hs + c]) * Double(qkv.data[j * 3 * C + C + h * hs + c]) }
+                    w[j] = d / Double(hs).squareRoot()
+                }
+                let m = w.max()!
+                let e = w.map { exp($0 - m) }, z = e.reduce(0, +)
+                for c in 0..<hs {
+                    var o = 0.0
+                    for j in 0...i { o += e[j] / z * Double(qkv.data[j * 3 * C + 2 * C + h * hs + c]) }
+                    worst = max(worst, abs(o - Double(out.data[i * C + h * hs + c])))
+                }
+            }
+        }
+        #expect(worst < 1e-5, "attention differs from the reference by \(worst)")
+        let (l, s) = weighted(out, seed: 22)
+        check("attention T=150", wrt: [qkv], loss: { op.forward(); return l() }, backward: { s(); op.backward() })
+    }
+
     @Test func attentionIsCausal() {
         // Changing a later position's q, k or v never changes an earlier output.
         let arena = ActivationArena(); var rng = TestRandom(11)

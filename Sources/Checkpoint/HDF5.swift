@@ -68,36 +68,10 @@ public final class HDF5File {
         H5Gclose(g)
     }
 
-    /// Names of the members of a group.
-    public func members(_ group: String) throws -> [String] {
-        let g = H5Gopen2(id, group, gd_h5p_default())
-        guard g >= 0 else { throw FileFormatError("\(path): no group \(group)") }
-        defer { H5Gclose(g) }
-        var info = H5G_info_t()
-        H5Gget_info(g, &info)
-        var names: [String] = []
-        for i in 0..<info.nlinks {
-            let n = H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, nil, 0, gd_h5p_default())
-            guard n >= 0 else { continue }
-            var buf = [CChar](repeating: 0, count: Int(n) + 1)
-            H5Lget_name_by_idx(g, ".", H5_INDEX_NAME, H5_ITER_INC, i, &buf, Int(n) + 1, gd_h5p_default())
-            names.append(String(cString: buf))
-        }
-        return names
-    }
-
     // MARK: datasets
 
     public func writeFloats(_ name: String, shape: [Int], _ data: UnsafePointer<Float>) throws {
         try write(name, shape: shape, type: gd_h5t_native_float(), data)
-    }
-
-    public func writeDoubles(_ name: String, _ values: [Double]) throws {
-        try values.withUnsafeBufferPointer { try write(name, shape: [values.count], type: gd_h5t_native_double(), $0.baseAddress!) }
-    }
-
-    public func writeInt64s(_ name: String, _ values: [Int64]) throws {
-        try values.withUnsafeBufferPointer { try write(name, shape: [values.count], type: gd_h5t_native_int64(), $0.baseAddress!) }
     }
 
     private func write(_ name: String, shape: [Int], type: hid_t, _ data: UnsafeRawPointer) throws {

@@ -97,28 +97,6 @@ public final class Communicator: @unchecked Sendable {
         check(MPI_Bcast(&values, Int32(values.count), gd_mpi_double(), Int32(root), comm), "broadcast")
     }
 
-    /// Sends a string from root to all ranks (e.g. the resolved checkpoint path).
-    public func broadcast(_ s: String, root: Int = 0) -> String {
-        guard usesMPI, size > 1 else { return s }
-        var bytes = Array(s.utf8)
-        var n = [Double(bytes.count)]
-        broadcast(&n, root: root)
-        bytes = rank == root ? bytes : [UInt8](repeating: 0, count: Int(n[0]))
-        if !bytes.isEmpty {
-            check(MPI_Bcast(&bytes, Int32(bytes.count), gd_mpi_byte(), Int32(root), comm), "broadcast")
-        }
-        return String(decoding: bytes, as: UTF8.self)
-    }
-
-    /// Each rank's `count` floats gathered in rank order into `out` (size * count).
-    public func allGather(_ send: UnsafePointer<Float>, count: Int, into out: UnsafeMutablePointer<Float>) {
-        guard usesMPI, size > 1 else {
-            if out != UnsafeMutablePointer(mutating: send) { memcpy(out, send, count * 4) }
-            return
-        }
-        check(MPI_Allgather(send, Int32(count), gd_mpi_float(), out, Int32(count), gd_mpi_float(), comm), "allgather")
-    }
-
     /// In-place sum over ranks of `buffer` (sum of counts floats, rank r's part following those of ranks < r);
     /// afterwards rank r's summed part sits at the *start* of `buffer` (MPI_IN_PLACE semantics).
     public func reduceScatterSumInPlace(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) {

@@ -144,3 +144,37 @@ struct SteadyStateTests {
         #expect(FloatBuffer.allocationsOnThisThread == buffers)
     }
 }
+
+/// The hub's files (gpt2 … gpt2-xl) name tensors without "transformer.", carry causal-mask buffers
+/// (h.N.attn.bias) and sometimes an explicit lm_head.weight equal to wte: all must import by name.
+struct HubFormatImportTests {
+    @Test func importsUnprefixedKeysWithMaskBuffersAndTiedHead() throws {
+        let src = try SafeTensorsFile(path: fixtures + "/tiny-gpt2/hf/model.safetensors")
+        let dir = tmpDir("hubformat")
+        var arrays: [(String, [Int], [Float])] = []
+        for (name, e) in src.entries.sorted(by: { $0.key > $1.key }) {  // reversed order: lookup must be by name
+            arrays.append((name.replacingOccurrences(of: "transformer.", with: ""), e.shape, try src.floats(name)))
+        }
+        let mask = (0..<(64 * 64)).map { Float($0 % 64 <= $0 / 64 ? 1 : 0) }
+        arrays.append(("h.0.attn.bias", [1, 1, 64, 64], mask))
+        arrays.append(("h.1.attn.bias", [1, 1, 64, 64], mask))
+        arrays.append(("lm_head.weight", [512, 64], try src.floats("transformer.wte.weight")))
+        let pointers = arrays.map { a -> UnsafeMutablePointer<Float> in
+            let p = UnsafeMutablePointer<Float>.allocate(capacity: a.2.count)
+            p.initialize(from: a.2, count: a.2.count)
+            return p
+        }
+        defer { pointers.forEach { $0.deallocate() } }
+        try SafeTensorsFile.write(path: dir + "/model.safetensors",
+                                  tensors: zip(arrays, pointers).map { ($0.0, $0.1, UnsafePointer($1)) })
+        try FileManager.default.copyItem(atPath: fixtures + "/tiny-gpt2/hf/config.json", toPath: dir + "/config.json")
+        let hub = try HuggingFace.load(directory: dir), reference = try HuggingFace.load(directory: fixtures + "/tiny-gpt2/hf")
+        #expect(Array(hub.parameters.values.buffer) == Array(reference.parameters.values.buffer))
+
+        // An lm_head that differs from wte cannot be represented: refused, not silently dropped.
+        pointers.last![0] += 1
+        try SafeTensorsFile.write(path: dir + "/model.safetensors",
+                                  tensors: zip(arrays, pointers).map { ($0.0, $0.1, UnsafePointer($1)) })
+        #expect(throws: FileFormatError.self) { try HuggingFace.load(directory: dir) }
+    }
+}

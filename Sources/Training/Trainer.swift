@@ -195,6 +195,11 @@ public final class Trainer {
             log("  memory per rank (predicted): \(Runtime.formatBytes(mem.total)) = params \(Runtime.formatBytes(mem.parameters)) + grads "
                 + "\(Runtime.formatBytes(mem.gradients)) + AdamW \(Runtime.formatBytes(mem.optimizer)) + activations "
                 + "\(Runtime.formatBytes(mem.activations)) + runtime \(Runtime.formatBytes(MemoryEstimate.runtimeOverhead))")
+            let cores = sysconf(Int32(_SC_NPROCESSORS_ONLN)), local = Runtime.localRanks
+            if local * BLAS.threads > cores {
+                log("  warning: \(local) ranks x \(BLAS.threads) threads on this node exceed its \(cores) cores: "
+                    + "every step will be several times slower (lower --threads or the ranks per node)")
+            }
             if sharding.sharded {
                 log("  ZeRO-1: AdamW state sharded, \(sharding.blockSize) of \(cfg.parameterCount) parameters per rank")
             }

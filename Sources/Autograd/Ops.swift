@@ -399,13 +399,15 @@ public final class DropoutOp: Op {
 
 // MARK: - Fused softmax + cross-entropy, mean over positions
 
-/// Forward computes per-row log-sum-exp and the loss; backward overwrites the logits' gradient
-/// (which may share the logits' memory) with (softmax - onehot) * gradScale. It must be the only
-/// consumer of the logits.
+/// Forward computes per-row log-sum-exp and the loss; backward overwrites the logits' gradient with
+/// (softmax - onehot) * gradScale. It must be the only consumer of the logits. When the gradient shares the
+/// logits' memory (training), forward already replaces the logits by the probabilities, so backward is one
+/// multiply pass instead of a second exp pass.
 public final class SoftmaxCrossEntropyOp: Op {
     let logits: Tensor, targets: TokenBuffer
     let lse: UnsafeMutablePointer<Float>, rowLoss: UnsafeMutablePointer<Float>
     let rows: Int, vocab: Int
+    let cachesProbabilities: Bool
     /// Gradient of the loss that backward propagates: 1/rows by default (the mean);
     /// data-parallel training sets 1/(global positions) so that summed gradients are the global mean.
     public var gradScale: Float
@@ -417,18 +419,20 @@ public final class SoftmaxCrossEntropyOp: Op {
         rows = logits.rows; vocab = logits.lastDimension
         precondition(targets.count >= rows)
         self.logits = logits; self.targets = targets
+        cachesProbabilities = logits.grad == logits.data
         lse = arena.scratch(rows); rowLoss = arena.scratch(rows)
         gradScale = 1 / Float(rows)
     }
 
     public func forward() {
-        let V = vocab
+        let V = vocab, caching = cachesProbabilities
         Parallel.chunks(rows, costPerItem: V * 2) { _, rs in
             for r in rs {
-                let l = logits.data + r * V
-                let v = Kernels.logSumExp(l, V)
+                let l = logits.data + r * V, t = Int(targets.pointer[r])
+                let target = l[t]
+                let v = caching ? Kernels.softmax(l, V) : Kernels.logSumExp(l, V)
                 lse[r] = v
-                rowLoss[r] = v - l[Int(targets.pointer[r])]
+                rowLoss[r] = v - target
             }
         }
         var total = 0.0
@@ -438,14 +442,20 @@ public final class SoftmaxCrossEntropyOp: Op {
     }
 
     public func backward() {
-        let V = vocab, scale = gradScale, dl = logits.grad!
+        let V = vocab, scale = gradScale, dl = logits.grad!, caching = cachesProbabilities
         Parallel.chunks(rows, costPerItem: V) { _, rs in
             for r in rs {
                 let l = logits.data + r * V, d = dl + r * V
-                let m = Vec(repeating: lse[r]), sv = Vec(repeating: scale)
+                let sv = Vec(repeating: scale)
                 var i = 0
-                while i + 8 <= V { store(vexp(load(l + i) - m) * sv, d + i); i += 8 }
-                while i < V { d[i] = sexp(l[i] - lse[r]) * scale; i += 1 }
+                if caching {  // l already holds the probabilities (and d is the same memory)
+                    while i + 8 <= V { store(load(l + i) * sv, d + i); i += 8 }
+                    while i < V { d[i] = l[i] * scale; i += 1 }
+                } else {
+                    let m = Vec(repeating: lse[r])
+                    while i + 8 <= V { store(vexp(load(l + i) - m) * sv, d + i); i += 8 }
+                    while i < V { d[i] = sexp(l[i] - lse[r]) * scale; i += 1 }
+                }
                 d[Int(targets.pointer[r])] -= scale
             }
         }

@@ -51,8 +51,9 @@ public final class GPT2Graph {
     public let tape: Tape
     /// Input token ids [batch, seqLen] and next-token targets, filled by the caller before `forward`.
     public let inputs: TokenBuffer, targets: TokenBuffer
-    /// Logits [batch, seqLen, vocab] after forward; nil with recompute in training, where the fused chunked
-    /// head never stores them.
+    /// Logits [batch, seqLen, vocab] after forward in `.evaluate` and `.logits` modes. In `.train` mode the
+    /// cross-entropy replaces them by the probabilities (their memory becomes the gradient); nil with recompute,
+    /// where the fused chunked head never stores them.
     public let logits: Tensor!
     let lossOp: (any LossOp)?
 

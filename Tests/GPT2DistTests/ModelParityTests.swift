@@ -26,7 +26,10 @@ struct ModelParityTests {
         let refLoss = try expected.floats("loss")[0]
         #expect(abs(loss - refLoss) / refLoss < 1e-5, "loss \(loss) vs HF \(refLoss)")
         let refLogits = try expected.floats("logits")
-        let logitErr = maxRelativeError(graph.logits.data, refLogits, refLogits.count)
+        let eval = GPT2Graph(model: model, batch: B, seqLen: T, mode: .logits)
+        eval.setBatch(inputs: x, targets: nil)
+        eval.forward()
+        let logitErr = maxRelativeError(eval.logits.data, refLogits, refLogits.count)
         #expect(logitErr < 1e-4, "logits max-relative error \(logitErr)")
 
         model.parameters.zeroGradients()

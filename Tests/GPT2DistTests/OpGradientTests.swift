@@ -222,6 +222,14 @@ struct OpGradientTests {
         }
         ref /= Double(B * T)
         #expect(abs(Double(op.loss) - ref) < 1e-6 * abs(ref))
+        // In place (training: the gradient shares the logits' memory) gives the same loss and gradient.
+        let shared = arena.tensor([B, T, V], gradient: .inPlace)
+        memcpy(shared.data, logits.data, logits.count * 4)
+        let inPlace = SoftmaxCrossEntropyOp(logits: shared, targets: targets, arena: arena)
+        op.forward(); op.backward()
+        inPlace.forward(); inPlace.backward()
+        #expect(abs(inPlace.loss - op.loss) <= 1e-6 * abs(op.loss))
+        #expect(maxRelativeError(shared.grad!, logits.grad!, logits.count) < 1e-6)
         // Stable for huge logits.
         for i in 0..<logits.count { logits.data[i] *= 1e4 }
         op.forward()

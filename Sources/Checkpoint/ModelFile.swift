@@ -92,23 +92,45 @@ public enum ModelFile {
 /// Writes a file so that readers only ever see the old complete file or the new complete one:
 /// write to a temporary name in the same directory, fsync, rename over the target, fsync the directory.
 public enum AtomicFile {
-    public static func write(_ path: String, _ body: (String) throws -> Void) throws {
-        let url = URL(fileURLWithPath: path)
-        let dir = url.deletingLastPathComponent().path
-        let tmp = dir + "/." + url.lastPathComponent + ".tmp-\(getpid())"
-        do {
-            try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-            guard access(dir, W_OK) == 0 else { throw FileFormatError("cannot write to directory \(dir)") }
-            try body(tmp)
-            try fsync(path: tmp)
-            guard rename(tmp, path) == 0 else {
-                throw FileFormatError("cannot rename \(tmp) to \(path): \(String(cString: strerror(errno)))")
+    /// A file being written under a temporary name beside its final path; `commit` makes it appear complete,
+    /// `abandon` removes it. For writers that produce a file piece by piece (checkpoints gathered tensor by tensor).
+    public final class Pending {
+        public let path: String, temporaryPath: String
+        let directory: String
+
+        public init(_ path: String) throws {
+            let url = URL(fileURLWithPath: path)
+            self.path = path
+            directory = url.deletingLastPathComponent().path
+            temporaryPath = directory + "/." + url.lastPathComponent + ".tmp-\(getpid())"
+            try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
+            guard access(directory, W_OK) == 0 else { throw FileFormatError("cannot write to directory \(directory)") }
+        }
+
+        /// fsync the temporary file, rename it over `path`, fsync the directory; on failure the temporary goes.
+        public func commit() throws {
+            do {
+                try AtomicFile.fsync(path: temporaryPath)
+                guard rename(temporaryPath, path) == 0 else {
+                    throw FileFormatError("cannot rename \(temporaryPath) to \(path): \(String(cString: strerror(errno)))")
+                }
+                try? AtomicFile.fsync(path: directory)
+            } catch {
+                abandon()
+                throw error
             }
-            try? fsync(path: dir)
-        } catch {
-            unlink(tmp)
+        }
+
+        public func abandon() { unlink(temporaryPath) }
+    }
+
+    public static func write(_ path: String, _ body: (String) throws -> Void) throws {
+        let pending = try Pending(path)
+        do { try body(pending.temporaryPath) } catch {
+            pending.abandon()
             throw error
         }
+        try pending.commit()
     }
 
     public static func fsync(path: String) throws {

@@ -87,15 +87,18 @@ public final class TokenDataset: @unchecked Sendable {
         paths = ["<memory>"]; shards = [TokenShardFormat.encode(tokens)]; starts = [0]; count = tokens.count
     }
 
-    /// Expands a file, a directory (its *.bin files, sorted) or a glob pattern into shard paths.
-    public static func resolve(_ spec: String, prefix: String? = nil) throws -> [String] {
+    /// Expands a file, a directory or a glob pattern into shard paths. In a directory, the *.bin files whose
+    /// names start with `preferring` (e.g. "train" or "val", as `prepare` writes them) when there are any,
+    /// else all *.bin files; sorted.
+    public static func resolve(_ spec: String, preferring prefix: String? = nil) throws -> [String] {
         var isDir: ObjCBool = false
         if FileManager.default.fileExists(atPath: spec, isDirectory: &isDir) {
             guard isDir.boolValue else { return [spec] }
-            let names = (try? FileManager.default.contentsOfDirectory(atPath: spec)) ?? []
-            let bins = names.filter { $0.hasSuffix(".bin") && (prefix == nil || $0.hasPrefix(prefix!)) }.sorted()
-            guard !bins.isEmpty else { throw DataError("no \(prefix ?? "")*.bin token files in directory \(spec)") }
-            return bins.map { spec + "/" + $0 }
+            let bins = ((try? FileManager.default.contentsOfDirectory(atPath: spec)) ?? []).filter { $0.hasSuffix(".bin") }
+            let preferred = prefix.map { p in bins.filter { $0.hasPrefix(p) } } ?? []
+            let chosen = (preferred.isEmpty ? bins : preferred).sorted()
+            guard !chosen.isEmpty else { throw DataError("no *.bin token files in directory \(spec)") }
+            return chosen.map { spec + "/" + $0 }
         }
         var g = glob_t()
         defer { globfree(&g) }
@@ -103,8 +106,8 @@ public final class TokenDataset: @unchecked Sendable {
         return (0..<Int(g.gl_pathc)).compactMap { g.gl_pathv[$0].map { String(cString: $0) } }.sorted()
     }
 
-    public convenience init(spec: String, vocabSize: Int?, prefix: String? = nil) throws {
-        try self.init(paths: Self.resolve(spec, prefix: prefix), vocabSize: vocabSize)
+    public convenience init(spec: String, vocabSize: Int?, preferring prefix: String? = nil) throws {
+        try self.init(paths: Self.resolve(spec, preferring: prefix), vocabSize: vocabSize)
     }
 
     /// Copies tokens [start, start + n) into `out` as Int32.

@@ -15,14 +15,8 @@ struct OptimizerSharding {
 
     /// Per-rank counts and offsets (within the tensor) of tensor `e` held by each rank's block.
     func pieces(of e: ParameterEntry) -> (counts: [Int], displacements: [Int]) {
-        var counts: [Int] = [], displacements: [Int] = []
-        for r in 0..<ranks {
-            let b = range(of: r)
-            let lo = max(b.lowerBound, e.offset), hi = min(b.upperBound, e.offset + e.count)
-            counts.append(max(0, hi - lo))
-            displacements.append(max(0, min(lo, e.offset + e.count) - e.offset))
-        }
-        return (counts, displacements)
+        let (counts, offsets) = BucketedAllReduce.split(e.offset..<(e.offset + e.count), blockSize: blockSize, ranks: ranks)
+        return (counts, offsets)
     }
 
     /// Tensor `e` of the optimizer state `local` (covering `mine`), assembled on rank 0 (nil elsewhere).

@@ -25,15 +25,13 @@ public enum TrainCheckpoint {
     /// optimizer state can be gathered tensor by tensor), then the attributes; `finish` syncs and renames it
     /// into place. Nothing non-finite is ever written. If anything fails the temporary file is removed.
     public final class Writer {
-        public let path: String
-        let tmp: String
+        public var path: String { pending.path }
+        let pending: AtomicFile.Pending
         let file: HDF5File
 
         public init(path: String, model: GPT2Model, step: Int) throws {
-            self.path = path
-            let url = URL(fileURLWithPath: path)
-            tmp = url.deletingLastPathComponent().path + "/." + url.lastPathComponent + ".tmp-\(getpid())"
-            file = try HDF5File.create(tmp)
+            pending = try AtomicFile.Pending(path)
+            file = try HDF5File.create(pending.temporaryPath)
             do {
                 let p = model.parameters
                 try checkFinite(p.values.pointer, p.count, "parameters")
@@ -66,9 +64,7 @@ public enum TrainCheckpoint {
                 try file.setAttribute("/", "adam_t", int: state.step)
                 try file.setAttribute("/", "run_config", string: state.runConfig)
                 file.close()
-                try AtomicFile.fsync(path: tmp)
-                guard rename(tmp, path) == 0 else { throw TrainError("cannot rename \(tmp) to \(path)") }
-                try? AtomicFile.fsync(path: URL(fileURLWithPath: path).deletingLastPathComponent().path)
+                try pending.commit()
             } catch {
                 abandon()
                 throw error
@@ -77,7 +73,7 @@ public enum TrainCheckpoint {
 
         public func abandon() {
             file.close()
-            unlink(tmp)
+            pending.abandon()
         }
 
         func checkFinite(_ p: UnsafePointer<Float>, _ n: Int, _ what: String) throws {
@@ -121,8 +117,7 @@ public enum TrainCheckpoint {
     /// The settings a run was started with, read from the checkpoint `--resume` would pick (nil when there is
     /// none yet: then the trainer reports the missing checkpoint itself).
     public static func storedRunConfig(resume: String, out: String) throws -> TrainOptions? {
-        let path = resume == "latest" ? newestComplete(directory: out) : resume
-        guard let path, let f = try? HDF5File.open(path) else { return nil }
+        guard let path = resumePath(resume, out: out), let f = try? HDF5File.open(path) else { return nil }
         defer { f.close() }
         guard f.hasAttribute("/", "run_config"), let json = try? f.stringAttribute("/", "run_config") else { return nil }
         do {
@@ -142,6 +137,11 @@ public enum TrainCheckpoint {
     public static func list(directory: String) -> [String] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
         return names.filter { $0.hasPrefix("ckpt-") && $0.hasSuffix(".h5") }.sorted(by: >).map { directory + "/" + $0 }
+    }
+
+    /// The checkpoint `--resume VALUE` names: VALUE itself, or for "latest" the newest complete one in `out`.
+    public static func resumePath(_ value: String, out: String) -> String? {
+        value == "latest" ? newestComplete(directory: out) : value
     }
 
     /// The newest checkpoint that opens and has a complete header: `latest` first, then the others by step.

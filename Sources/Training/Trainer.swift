@@ -55,14 +55,10 @@ public final class Trainer {
         // Resume: explicit file, or the newest complete checkpoint in --out.
         var resumePath: String?
         if let r = o.resume {
-            if r == "latest" {
-                guard let p = TrainCheckpoint.newestComplete(directory: o.out) else {
-                    throw TrainError("--resume: no complete checkpoint in \(o.out)")
-                }
-                resumePath = p
-            } else {
-                resumePath = r
+            guard let p = TrainCheckpoint.resumePath(r, out: o.out) else {
+                throw TrainError("--resume: no complete checkpoint in \(o.out)")
             }
+            resumePath = p
         }
         guard resumePath == nil || o.initFrom == nil else { throw TrainError("--resume and --init cannot be combined") }
 
@@ -81,11 +77,11 @@ public final class Trainer {
         guard o.seqLen <= config.contextLength else {
             throw TrainError("--seq-len \(o.seqLen) exceeds the model's context_length \(config.contextLength)")
         }
-        let train = try TokenDataset(spec: o.data, vocabSize: config.vocabSize, prefix: isDirectory(o.data) && hasPrefixed(o.data, "train") ? "train" : nil)
+        let train = try TokenDataset(spec: o.data, vocabSize: config.vocabSize, preferring: "train")
         _ = try BatchOrder(tokenCount: train.count, batchSize: o.batchSize, seqLen: o.seqLen)
         var val: TokenDataset?
         if let v = o.val {
-            val = try TokenDataset(spec: v, vocabSize: config.vocabSize, prefix: isDirectory(v) && hasPrefixed(v, "val") ? "val" : nil)
+            val = try TokenDataset(spec: v, vocabSize: config.vocabSize, preferring: "val")
             _ = try BatchOrder(tokenCount: val!.count, batchSize: o.batchSize, seqLen: o.seqLen)
         }
         // Output directory: must be writable; never overwrite an existing run unless resuming it.
@@ -100,15 +96,6 @@ public final class Trainer {
         let schedule = LRSchedule(kind: kind, lr: o.lr, minLR: o.minLR, warmupSteps: o.warmupSteps, totalSteps: o.lrDecaySteps ?? o.steps)
         return Setup(config: config, train: train, val: val, micro: micro, accumulation: o.batchSize / (micro * n),
                      resumePath: resumePath, initPath: o.initFrom, schedule: schedule)
-    }
-
-    func isDirectory(_ p: String) -> Bool {
-        var d: ObjCBool = false
-        return FileManager.default.fileExists(atPath: p, isDirectory: &d) && d.boolValue
-    }
-
-    func hasPrefixed(_ dir: String, _ prefix: String) -> Bool {
-        ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).contains { $0.hasPrefix(prefix) && $0.hasSuffix(".bin") }
     }
 
     /// Runs the whole job; returns normally on completion or preemption.

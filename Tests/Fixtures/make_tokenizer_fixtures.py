@@ -11,7 +11,8 @@ Usage (from the repository root; needs `pip install tiktoken regex`):
 
     python3 Tests/Fixtures/make_tokenizer_fixtures.py [--vocab PATH/gpt2.tiktoken] [--corpus PATH/shakespeare_1mb.txt]
 
-Defaults: ../shared/gpt2/gpt2.tiktoken (else data/gpt2/gpt2.tiktoken) and ../shared/corpus/shakespeare_1mb.txt.
+Defaults: gpt2/gpt2.tiktoken and corpus/shakespeare_1mb.txt in the data directory that Launch/fetch-data fills
+($GPT2DIST_DATA if set, else data/).
 
 With --class-table it also regenerates Sources/Tokenizer/UnicodeClassTable.swift: the class (\p{L}, \p{N}, \s or
 other) that tiktoken's regex engine gives every Unicode scalar, probed through tiktoken itself (throwaway
@@ -27,7 +28,7 @@ Output format (JSON object):
   "cases_ordinary": list of {"text": str, "ids": [int]} from enc.encode_ordinary(text)
             (special-token text encoded as ordinary text).
   "corpus": list of {"name", "file", "prefix_chars", "byte_count", "count", "sha256", "first_ids"}:
-            the ids of enc.encode_ordinary(corpus_text[:prefix_chars]) ("file" is relative to the repository root;
+            the ids of enc.encode_ordinary(corpus_text[:prefix_chars]) ("file" is relative to the data directory;
             prefix_chars counts code points, null = the whole file; the file is read without newline translation),
             "count" = number of ids, "first_ids" = the first 100 ids, and
             "sha256" = hex SHA-256 of the ids serialised as little-endian uint32 (4 bytes per id, no separator).
@@ -47,6 +48,8 @@ PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 REPO = os.path.dirname(os.path.dirname(HERE))
+DATA = os.environ.get("GPT2DIST_DATA") or os.path.join(REPO, "data")  # as Launch/fetch-data chooses it
+CORPUS_FILE = "corpus/shakespeare_1mb.txt"  # relative to DATA, where the Swift tests read it
 
 CASES = [
     # Seed checks
@@ -232,21 +235,15 @@ def fuzz_cases(n=300, seed=20241122):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--vocab", default=None)
-    ap.add_argument("--corpus", default=os.path.join(REPO, "..", "shared", "corpus", "shakespeare_1mb.txt"))
+    ap.add_argument("--vocab", default=os.path.join(DATA, "gpt2", "gpt2.tiktoken"))
+    ap.add_argument("--corpus", default=os.path.join(DATA, CORPUS_FILE))
     ap.add_argument("--out", default=os.path.join(HERE, "tokenizer", "cases.json"))
     ap.add_argument("--class-table", action="store_true",
                     help="also regenerate Sources/Tokenizer/UnicodeClassTable.swift")
     args = ap.parse_args()
     vocab = args.vocab
-    if vocab is None:
-        for cand in (os.path.join(REPO, "..", "shared", "gpt2", "gpt2.tiktoken"),
-                     os.path.join(REPO, "data", "gpt2", "gpt2.tiktoken")):
-            if os.path.exists(cand):
-                vocab = cand
-                break
-    if vocab is None or not os.path.exists(vocab):
-        sys.exit("gpt2.tiktoken not found: pass --vocab PATH")
+    if not os.path.exists(vocab):
+        sys.exit("gpt2.tiktoken not found at %s: run Launch/fetch-data or pass --vocab PATH" % vocab)
 
     enc = tiktoken.Encoding("gpt2", pat_str=PATTERN,
                             mergeable_ranks=tiktoken.load.load_tiktoken_bpe(vocab),
@@ -271,7 +268,7 @@ def main():
             ids = enc.encode_ordinary(t)
             corpus.append({
                 "name": name,
-                "file": "../shared/corpus/shakespeare_1mb.txt",
+                "file": CORPUS_FILE,
                 "prefix_chars": n,
                 "byte_count": len(t.encode("utf-8")),
                 "count": len(ids),

@@ -144,9 +144,13 @@ struct FileFormatTests {
     }
 
     @Test func prepareWritesShardsAndRefusesBadInput() throws {
-        let vocab = [repoRoot + "/../shared/gpt2/gpt2.tiktoken", repoRoot + "/data/gpt2/gpt2.tiktoken"]
-            .first { FileManager.default.fileExists(atPath: $0) }
-        guard let vocab else { Issue.record("GPT-2 vocabulary missing (run Launch/fetch-data)"); return }
+        // Launch/fetch-data's data directory: $GPT2DIST_DATA if set, else <repo>/data.
+        let data = ProcessInfo.processInfo.environment["GPT2DIST_DATA"].flatMap { $0.isEmpty ? nil : $0 }
+            ?? repoRoot + "/data"
+        let vocab = data + "/gpt2/gpt2.tiktoken"
+        guard FileManager.default.fileExists(atPath: vocab) else {
+            Issue.record("GPT-2 vocabulary missing: no \(vocab) (run Launch/fetch-data)"); return
+        }
         let tok = try GPT2Tokenizer(tiktokenFile: URL(fileURLWithPath: vocab))
         let dir = tmpDir("prepare")
         let text = String(repeating: "Every effort moves you. To be, or not to be.\n", count: 50)

@@ -3,30 +3,30 @@ import Testing
 import Tokenizer
 
 // Reference ids come from tiktoken (Tests/Fixtures/make_tokenizer_fixtures.py -> Tests/Fixtures/tokenizer/cases.json).
-// The vocabulary is read from <repo>/../shared/gpt2/ or <repo>/data/gpt2/; when neither has it, the tests record an
-// issue saying so (they never pass silently).
+// The vocabulary and the corpus are read from the data directory Launch/fetch-data fills ($GPT2DIST_DATA if set, else
+// <repo>/data); when a file is missing, the tests record an issue saying so (they never pass silently).
 
 enum TokenizerTestSupport {
     /// The repository root: three levels above this file (Tests/TokenizerTests/<file>), symlinks resolved.
     static let repoRoot: URL = URL(fileURLWithPath: #filePath).resolvingSymlinksInPath()
         .deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
 
-    static let vocabDirectories: [URL] = [
-        repoRoot.deletingLastPathComponent().appendingPathComponent("shared/gpt2"),
-        repoRoot.appendingPathComponent("data/gpt2"),
-    ]
+    /// Where Launch/fetch-data puts its files, chosen the same way (an empty $GPT2DIST_DATA counts as unset).
+    static let dataDirectory: URL = {
+        if let dir = ProcessInfo.processInfo.environment["GPT2DIST_DATA"], !dir.isEmpty {
+            return URL(fileURLWithPath: dir)
+        }
+        return repoRoot.appendingPathComponent("data")
+    }()
 
     static func vocabFile(_ name: String) -> URL? {
-        for dir in vocabDirectories {
-            let url = dir.appendingPathComponent(name)
-            if FileManager.default.fileExists(atPath: url.path) { return url }
-        }
-        return nil
+        let url = dataDirectory.appendingPathComponent("gpt2").appendingPathComponent(name)
+        return FileManager.default.fileExists(atPath: url.path) ? url : nil
     }
 
     static func missing(_ what: String) -> String {
-        "GPT-2 vocabulary missing: no \(what) in " + vocabDirectories.map(\.path).joined(separator: " or ")
-            + " (see ../shared/README.md for where to get it)"
+        "GPT-2 vocabulary missing: no \(what) in \(dataDirectory.appendingPathComponent("gpt2").path)"
+            + " (run Launch/fetch-data)"
     }
 
     /// The tokenizer loaded from gpt2.tiktoken, or nil after recording an issue.
@@ -96,9 +96,10 @@ enum TokenizerTestSupport {
     }
 
     static func corpusText(_ c: CorpusCase, sourceLocation: SourceLocation = #_sourceLocation) -> String? {
-        let url = repoRoot.appendingPathComponent(c.file)
+        let url = dataDirectory.appendingPathComponent(c.file)
         guard let text = try? String(contentsOf: url, encoding: .utf8) else {
-            Issue.record("corpus missing: cannot read \(url.path)", sourceLocation: sourceLocation)
+            Issue.record("corpus missing: cannot read \(url.path) (run Launch/fetch-data)",
+                         sourceLocation: sourceLocation)
             return nil
         }
         guard let n = c.prefix_chars else { return text }

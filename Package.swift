@@ -38,7 +38,8 @@ let package = Package(
         // HDF5 checkpoints, metrics files and Hugging Face safetensors.
         .target(name: "Checkpoint", dependencies: ["CHDF5", "GPT2"], swiftSettings: fast),
         // Wires model, data, communicator and checkpoints into the training loop.
-        .target(name: "Training", dependencies: ["GPT2", "Data", "Distributed", "Checkpoint", "Tokenizer"], swiftSettings: fast),
+        .target(name: "Training", dependencies: ["GPT2", "Data", "Distributed", "Checkpoint", "Tokenizer",
+                                             .product(name: "ArgumentParser", package: "swift-argument-parser")], swiftSettings: fast),
         // The command line: parses and calls.
         .executableTarget(
             name: "gpt2-dist",

@@ -16,20 +16,29 @@ public final class FloatBuffer: @unchecked Sendable {
 
     /// Large buffers come zeroed and page-aligned from anonymous mmap, so memory is only committed as pages
     /// are touched (a graph can be built just to count its bytes); small ones from the heap, 64-byte aligned.
+    /// What happens when memory runs out: by default one line naming the size and exit 1 (a crash report would
+    /// say less). Commands never see a partial buffer.
+    nonisolated(unsafe) public static var outOfMemory: (_ bytes: Int) -> Never = { bytes in
+        let gib = String(format: "%.2f GiB", Double(bytes) / 1_073_741_824)
+        FileHandle.standardError.write(Data(("gpt2-dist: error: out of memory: cannot allocate \(bytes) bytes (\(gib)); "
+            + "`gpt2-dist info` shows what a model, batch and rank count need per rank\n").utf8))
+        exit(1)
+    }
+
     public init(count: Int) {
-        precondition(count >= 0, "negative buffer size")
+        let (bytes, overflow) = max(count, 1).multipliedReportingOverflow(by: MemoryLayout<Float>.stride)
+        if count < 0 || overflow { Self.outOfMemory(overflow ? Int.max : 0) }
         Thread.current.threadDictionary["gpt2dist.floatBuffers"] = Self.allocationsOnThisThread + 1
-        let bytes = max(count, 1) * MemoryLayout<Float>.stride
         if bytes >= 1 << 20 {
             guard let raw = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
                   raw != MAP_FAILED else {
-                fatalError("out of memory mapping \(bytes) bytes")
+                Self.outOfMemory(bytes)
             }
             pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
             mapped = bytes
         } else {
             var raw: UnsafeMutableRawPointer?
-            guard posix_memalign(&raw, 64, bytes) == 0, let raw else { fatalError("out of memory allocating \(bytes) bytes") }
+            guard posix_memalign(&raw, 64, bytes) == 0, let raw else { Self.outOfMemory(bytes) }
             memset(raw, 0, bytes)
             pointer = raw.bindMemory(to: Float.self, capacity: max(count, 1))
             mapped = 0

@@ -16,7 +16,15 @@ public final class HDF5File {
 
     /// We report errors ourselves. The setting is per thread in a thread-safe HDF5 build, so it is applied on
     /// every open or create rather than once.
-    static var silenced: Void { _ = H5Eset_auto2(gd_h5e_default(), nil, nil) }
+    static var silenced: Void {
+        _ = noExitCleanup
+        _ = H5Eset_auto2(gd_h5e_default(), nil, nil)
+    }
+
+    /// HDF5's own cleanup at exit walks every file it still knows; after a close that failed (a full disk) that
+    /// includes a half-closed one, and it crashes there. We close every file ourselves, so switch that cleanup
+    /// off (it must be the first HDF5 call of the process).
+    static let noExitCleanup: Void = { _ = H5dont_atexit() }()
 
     private init(path: String, id: hid_t) { self.path = path; self.id = id }
 
@@ -43,8 +51,15 @@ public final class HDF5File {
 
     public func flush() { H5Fflush(id, H5F_SCOPE_GLOBAL) }
 
-    public func close() {
-        if !closed { H5Fclose(id); closed = true }
+    /// Closes without reporting failure (readers, and cleanup after an error already reported).
+    public func close() { try? closeChecked() }
+
+    /// Closes and reports whether HDF5 could write everything it still held (a writer's last chance to see a
+    /// full disk). The file is closed either way: HDF5 releases the id even when the final flush fails.
+    public func closeChecked() throws {
+        guard !closed else { return }
+        closed = true
+        guard H5Fclose(id) >= 0 else { throw FileFormatError("cannot finish writing \(path) (disk full?)") }
     }
 
     deinit { close() }
@@ -70,15 +85,27 @@ public final class HDF5File {
 
     // MARK: datasets
 
+    /// Writes a float32 tensor with HDF5's Fletcher-32 checksum on its chunks, so a damaged file fails to read
+    /// instead of loading wrong numbers (h5py verifies it too). Chunks are the whole tensor, or slices of whole
+    /// rows of at most 64 MiB (HDF5 chunks must stay under 4 GiB).
     public func writeFloats(_ name: String, shape: [Int], _ data: UnsafePointer<Float>) throws {
-        try write(name, shape: shape, type: gd_h5t_native_float(), data)
+        guard shape.allSatisfy({ $0 > 0 }) else { throw FileFormatError("\(path): dataset \(name) has an empty shape \(shape)") }
+        let rowFloats = shape.dropFirst().reduce(1, *)
+        var chunk = shape.map { hsize_t($0) }
+        chunk[0] = hsize_t(min(shape[0], max(1, (64 << 20) / 4 / rowFloats)))
+        let dcpl = H5Pcreate(gd_h5p_dataset_create())
+        defer { H5Pclose(dcpl) }
+        guard H5Pset_chunk(dcpl, Int32(chunk.count), &chunk) >= 0, H5Pset_fletcher32(dcpl) >= 0 else {
+            throw FileFormatError("\(path): cannot set up the checksum of dataset \(name)")
+        }
+        try write(name, shape: shape, type: gd_h5t_native_float(), creation: dcpl, data)
     }
 
-    private func write(_ name: String, shape: [Int], type: hid_t, _ data: UnsafeRawPointer) throws {
+    private func write(_ name: String, shape: [Int], type: hid_t, creation: hid_t, _ data: UnsafeRawPointer) throws {
         var dims = shape.map { hsize_t($0) }
         let space = H5Screate_simple(Int32(dims.count), &dims, nil)
         defer { H5Sclose(space) }
-        let d = H5Dcreate2(id, name, type, space, gd_h5p_default(), gd_h5p_default(), gd_h5p_default())
+        let d = H5Dcreate2(id, name, type, space, gd_h5p_default(), creation, gd_h5p_default())
         guard d >= 0 else { throw FileFormatError("\(path): cannot create dataset \(name)") }
         defer { H5Dclose(d) }
         guard H5Dwrite(d, type, gd_h5s_all(), gd_h5s_all(), gd_h5p_default(), data) >= 0 else {
@@ -111,7 +138,7 @@ public final class HDF5File {
         let d = H5Dopen2(id, name, gd_h5p_default())
         defer { H5Dclose(d) }
         guard H5Dread(d, gd_h5t_native_float(), gd_h5s_all(), gd_h5s_all(), gd_h5p_default(), out) >= 0 else {
-            throw FileFormatError("\(path): cannot read dataset \(name) (corrupt or truncated?)")
+            throw FileFormatError("\(path): cannot read dataset \(name) (checksum mismatch or truncated: a damaged file)")
         }
     }
 
@@ -144,19 +171,22 @@ public final class HDF5File {
         H5Dclose(d)
     }
 
-    public func append(_ name: String, _ value: Double) throws {
+    /// Number of values in a 1-D series.
+    public func length(_ name: String) throws -> Int {
+        try datasetShape(name).shape.first ?? 0
+    }
+
+    /// Sets value `index` of a series and makes it the last one (the extent becomes index + 1). Writing a row at
+    /// the same index in every series keeps them aligned even after a partly failed earlier write.
+    public func setLast(_ name: String, at index: Int, _ value: Double) throws {
         let d = H5Dopen2(id, name, gd_h5p_default())
         guard d >= 0 else { throw FileFormatError("\(path): no series \(name)") }
         defer { H5Dclose(d) }
-        var n: [hsize_t] = [0]
-        let s0 = H5Dget_space(d)
-        H5Sget_simple_extent_dims(s0, &n, nil)
-        H5Sclose(s0)
-        var newSize: [hsize_t] = [n[0] + 1]
+        var newSize: [hsize_t] = [hsize_t(index + 1)]
         guard H5Dset_extent(d, &newSize) >= 0 else { throw FileFormatError("\(path): cannot extend \(name)") }
         let fs = H5Dget_space(d)
         defer { H5Sclose(fs) }
-        var start: [hsize_t] = [n[0]], count: [hsize_t] = [1], one: [hsize_t] = [1]
+        var start: [hsize_t] = [hsize_t(index)], count: [hsize_t] = [1], one: [hsize_t] = [1]
         H5Sselect_hyperslab(fs, H5S_SELECT_SET, &start, nil, &count, nil)
         let ms = H5Screate_simple(1, &one, nil)
         defer { H5Sclose(ms) }

@@ -73,7 +73,7 @@ public enum ModelFile {
             let f = try HDF5File.create(tmp)
             try writeHeader(f, config: model.config, step: step)
             try writeTensors(f, group: "/params", layout: model.parameters.layout, from: model.parameters.values.pointer)
-            f.close()
+            try f.closeChecked()
         }
     }
 
@@ -95,8 +95,7 @@ public enum AtomicFile {
     /// A file being written under a temporary name beside its final path; `commit` makes it appear complete,
     /// `abandon` removes it. For writers that produce a file piece by piece (checkpoints gathered tensor by tensor).
     public final class Pending {
-        public let path: String, temporaryPath: String
-        let directory: String
+        public let path: String, temporaryPath: String, directory: String
 
         public init(_ path: String) throws {
             let url = URL(fileURLWithPath: path)
@@ -131,6 +130,13 @@ public enum AtomicFile {
             throw error
         }
         try pending.commit()
+    }
+
+    /// Bytes free for this user in the filesystem holding `directory` (nil when unknown).
+    public static func freeBytes(directory: String) -> Int? {
+        var st = statvfs()
+        guard statvfs(directory, &st) == 0 else { return nil }
+        return Int(st.f_bavail) * Int(st.f_frsize)
     }
 
     public static func fsync(path: String) throws {

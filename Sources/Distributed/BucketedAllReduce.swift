@@ -22,9 +22,11 @@ public final class BucketedAllReduce: @unchecked Sendable {
     public var commSeconds: Double { worker.locked { worker.commSeconds } }
 
     /// `bucketFloats` ~ 25 MB / 4 by default; buckets are cut from the end of the buffer towards its start.
+    /// Overlap needs MPI_THREAD_MULTIPLE and a duplicated communicator; without either, buckets are reduced
+    /// after backward (`overlap` then reads false, so callers can say so).
     public init(comm: Communicator, base: UnsafeMutablePointer<Float>, count: Int, bucketFloats: Int, overlap: Bool,
                 blockSize: Int? = nil) {
-        precondition(bucketFloats > 0)
+        let bucketFloats = max(1, bucketFloats)
         var ranges: [Range<Int>] = []
         var hi = count
         while hi > 0 {
@@ -33,8 +35,10 @@ public final class BucketedAllReduce: @unchecked Sendable {
             hi = lo
         }
         buckets = ranges
-        self.overlap = overlap && comm.size > 1
-        worker = Worker(comm: self.overlap ? comm.duplicate() : comm, base: base, blockSize: blockSize)
+        // Every rank takes the same branch (the thread level is the job's), so the collective dup is safe.
+        let own = overlap && comm.size > 1 && comm.threadMultiple ? comm.duplicate() : nil
+        self.overlap = own != nil
+        worker = Worker(comm: own ?? comm, base: base, blockSize: blockSize)
         if self.overlap {
             // The thread owns the worker (not self), so it never touches a released reducer.
             let w = worker

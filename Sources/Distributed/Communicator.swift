@@ -7,10 +7,13 @@ public final class Communicator: @unchecked Sendable {
     public let rank: Int
     public let size: Int
     public let usesMPI: Bool
+    /// Whether MPI allows calls from several threads at once (MPI_THREAD_MULTIPLE), which the communication
+    /// thread that overlaps backward needs. Always true for a single process.
+    public let threadMultiple: Bool
     let comm: MPI_Comm?
 
-    private init(rank: Int, size: Int, usesMPI: Bool, comm: MPI_Comm?) {
-        self.rank = rank; self.size = size; self.usesMPI = usesMPI; self.comm = comm
+    private init(rank: Int, size: Int, usesMPI: Bool, threadMultiple: Bool, comm: MPI_Comm?) {
+        self.rank = rank; self.size = size; self.usesMPI = usesMPI; self.threadMultiple = threadMultiple; self.comm = comm
     }
 
     /// True when started by mpirun, srun or another PMI launcher.
@@ -26,28 +29,34 @@ public final class Communicator: @unchecked Sendable {
     public static func initialize() -> Communicator {
         if let w = world { return w }
         guard launchedByMPI else {
-            let c = Communicator(rank: 0, size: 1, usesMPI: false, comm: gd_mpi_comm_null())
+            let c = Communicator(rank: 0, size: 1, usesMPI: false, threadMultiple: true, comm: gd_mpi_comm_null())
             world = c
             return c
         }
         var provided: Int32 = 0
-        MPI_Init_thread(nil, nil, gd_mpi_thread_multiple(), &provided)
+        guard MPI_Init_thread(nil, nil, gd_mpi_thread_multiple(), &provided) == gd_mpi_success() else {
+            FileHandle.standardError.write(Data("gpt2-dist: error: MPI_Init_thread failed (is the launcher's MPI the one gpt2-dist was built with?)\n".utf8))
+            exit(1)
+        }
         let w = gd_mpi_comm_world()
         MPI_Comm_set_errhandler(w, gd_mpi_errors_return())
         var r: Int32 = 0, s: Int32 = 0
         MPI_Comm_rank(w, &r)
         MPI_Comm_size(w, &s)
-        let c = Communicator(rank: Int(r), size: Int(s), usesMPI: true, comm: w)
+        let c = Communicator(rank: Int(r), size: Int(s), usesMPI: true,
+                             threadMultiple: provided >= gd_mpi_thread_multiple(), comm: w)
         world = c
         return c
     }
 
-    /// A communicator with the same ranks whose traffic cannot mix with this one's (for a helper thread).
-    public func duplicate() -> Communicator {
+    /// A communicator with the same ranks whose traffic cannot mix with this one's (for a helper thread);
+    /// nil when MPI cannot make one. Collective: every rank must call it.
+    public func duplicate() -> Communicator? {
         guard usesMPI else { return self }
         var d = gd_mpi_comm_null()
-        MPI_Comm_dup(comm, &d)
-        return Communicator(rank: rank, size: size, usesMPI: true, comm: d)
+        guard MPI_Comm_dup(comm, &d) == gd_mpi_success() else { return nil }
+        MPI_Comm_set_errhandler(d, gd_mpi_errors_return())
+        return Communicator(rank: rank, size: size, usesMPI: true, threadMultiple: threadMultiple, comm: d)
     }
 
     public var isRoot: Bool { rank == 0 }

@@ -94,19 +94,29 @@ public final class GPT2Generator {
         return order.last!
     }
 
-    /// Generates `count` tokens after `prompt`. Stops early at context_length.
+    /// Generates `count` tokens after `prompt`. The model sees at most the last context_length tokens, as in
+    /// nanoGPT: a longer prompt is cropped, and once the window is full every new token is predicted from the
+    /// last context_length tokens (the cache is refilled from that window, since positions shift).
     public func generate(prompt: [Int], count: Int, temperature: Float = 0, topK: Int = 0, seed: UInt64 = 0,
                          onToken: ((Int) -> Void)? = nil) -> [Int] {
+        var window = Array(prompt.suffix(cfg.contextLength))
         reset()
-        for t in prompt { append(token: t) }
+        for t in window { append(token: t) }
         var out: [Int] = []
         let key = CounterRandom.key(seed, 0x6E6E)
         for i in 0..<count {
             let next = pick(temperature: temperature, topK: topK, uniform: CounterRandom.uniform(key, UInt64(i)))
             out.append(next)
             onToken?(next)
-            if length >= cfg.contextLength || i == count - 1 { break }
-            append(token: next)
+            if i == count - 1 { break }
+            if length < cfg.contextLength {
+                window.append(next)
+                append(token: next)
+            } else {
+                window = Array((window + [next]).suffix(cfg.contextLength))
+                reset()
+                for t in window { append(token: t) }
+            }
         }
         return out
     }

@@ -30,6 +30,30 @@ public enum JSONValue: Decodable, Equatable, Sendable, CustomStringConvertible {
         return Int(d)
     }
 
+    /// Compact JSON text (keys sorted; numbers that are whole print without a fraction).
+    public var json: String {
+        switch self {
+        case .string(let s):
+            var out = "\""
+            for u in s.unicodeScalars {
+                switch u {
+                case "\"": out += "\\\""
+                case "\\": out += "\\\\"
+                case "\n": out += "\\n"
+                case "\r": out += "\\r"
+                case "\t": out += "\\t"
+                case _ where u.value < 0x20: out += String(format: "\\u%04x", u.value)
+                default: out.unicodeScalars.append(u)
+                }
+            }
+            return out + "\""
+        case .number(let d) where !d.isFinite: return "null"
+        case .array(let a): return "[" + a.map(\.json).joined(separator: ",") + "]"
+        case .object(let o): return "{" + o.keys.sorted().map { JSONValue.string($0).json + ":" + o[$0]!.json }.joined(separator: ",") + "}"
+        default: return description
+        }
+    }
+
     public var description: String {
         switch self {
         case .null: return "null"

@@ -8,44 +8,57 @@ public final class MetricsLog {
     public static let valSeries = ["val_step", "val_loss"]
     public let path: String
 
-    public init(path: String) throws {
-        self.path = path
+    public init(path: String) { self.path = path }
+
+    /// Opens the file for writing and makes sure every series exists.
+    func openForWriting() throws -> HDF5File {
         let f = FileManager.default.fileExists(atPath: path) ? try HDF5File.open(path, writable: true) : try HDF5File.create(path)
-        defer { f.close() }
         for s in Self.trainSeries + Self.valSeries { try f.createSeries(s) }
-        try f.setAttribute("/", "format", string: "gpt2-dist metrics")
+        if !f.hasAttribute("/", "format") { try f.setAttribute("/", "format", string: "gpt2-dist metrics") }
+        return f
     }
 
-    /// Opens the run's metrics for appending. A file that HDF5 cannot open (a crash in the middle of a write)
-    /// is kept under another name, never deleted, and a new file is started.
+    /// Opens the run's metrics for appending. A file that is busy (a reader holds HDF5's lock) is left alone and
+    /// written when it is free. One that HDF5 cannot read even without the lock (a crash in the middle of a
+    /// write) is kept under another name, never deleted, and a new file is started.
     public static func openOrCreate(path: String, log: (String) -> Void) throws -> MetricsLog {
+        let m = MetricsLog(path: path)
         do {
-            return try MetricsLog(path: path)
+            try m.openForWriting().closeChecked()
         } catch where FileManager.default.fileExists(atPath: path) {
+            if let readable = try? HDF5File.open(path, locking: false) {
+                readable.close()
+                log("  warning: \(path) is busy (\(error)); rows are kept and written once it is free")
+                return m
+            }
             var aside = path + ".unreadable"
             var k = 1
             while FileManager.default.fileExists(atPath: aside) { k += 1; aside = path + ".unreadable-\(k)" }
             try FileManager.default.moveItem(atPath: path, toPath: aside)
             log("  warning: \(path) could not be opened (\(error)); kept it as \(aside) and started a new one")
-            return try MetricsLog(path: path)
+            try m.openForWriting().closeChecked()
         }
+        return m
     }
 
     private var pending: [[String: Double]] = []
 
     /// Appends a row. If the file cannot be opened right now (another program holds HDF5's lock on it), the row
     /// is kept and written with the next one: a busy metrics file never stops training. Returns a warning then.
+    /// Each row goes at one index in all its series (the shortest one's length), so a row that failed halfway
+    /// is rewritten whole and the series stay aligned.
     @discardableResult
     public func append(_ values: [String: Double]) -> String? {
         pending.append(values)
         do {
-            let f = try HDF5File.open(path, writable: true)
+            let f = try openForWriting()
             defer { f.close() }
-            for row in pending {
-                for (k, v) in row.sorted(by: { $0.key < $1.key }) { try f.append(k, v) }
+            while let row = pending.first {
+                let index = try row.keys.map { try f.length($0) }.min() ?? 0
+                for (k, v) in row.sorted(by: { $0.key < $1.key }) { try f.setLast(k, at: index, v) }
+                pending.removeFirst()
             }
-            f.flush()
-            pending.removeAll()
+            try f.closeChecked()
             return nil
         } catch {
             return "\(error); \(pending.count) row(s) kept for the next write"

@@ -31,10 +31,12 @@ public enum Runtime {
     /// Cores this process may use (its affinity mask).
     public static var availableCores: Int { ProcessInfo.processInfo.activeProcessorCount }
 
+    /// Cores of this node (online), whatever this process is bound to.
+    public static var nodeCores: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
+
     /// Threads per rank: explicit, else cores shared evenly among the ranks on this node.
     public static func defaultThreads(localRanks: Int) -> Int {
-        let total = sysconf(Int32(_SC_NPROCESSORS_ONLN))
-        return max(1, Int(total) / max(localRanks, 1))
+        max(1, nodeCores / max(localRanks, 1))
     }
 
     /// Ranks on this node, from the launcher's environment.

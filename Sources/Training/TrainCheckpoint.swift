@@ -28,9 +28,20 @@ public enum TrainCheckpoint {
         public var path: String { pending.path }
         let pending: AtomicFile.Pending
         let file: HDF5File
+        let layout: ParameterLayout
+        let config: GPT2Config
 
         public init(path: String, model: GPT2Model, step: Int) throws {
+            layout = model.parameters.layout
+            config = model.config
             pending = try AtomicFile.Pending(path)
+            // Fail before writing anything when the checkpoint cannot fit (a full disk half way through is still
+            // handled, but leaves HDF5 less to clean up).
+            let need = 3 * 4 * model.parameters.count + (64 << 10)
+            if let free = AtomicFile.freeBytes(directory: pending.directory), free < need {
+                throw TrainError("not enough space for \(path): it needs \(Runtime.formatBytes(Double(need))), "
+                    + "\(Runtime.formatBytes(Double(free))) free (free some space, then --resume)")
+            }
             file = try HDF5File.create(pending.temporaryPath)
             do {
                 let p = model.parameters
@@ -63,11 +74,12 @@ public enum TrainCheckpoint {
                 try file.setAttribute("/", "seed", int: state.seed)
                 try file.setAttribute("/", "adam_t", int: state.step)
                 try file.setAttribute("/", "run_config", string: state.runConfig)
-                file.close()
+                try file.closeChecked()
+                try TrainCheckpoint.verifyStructure(path: pending.temporaryPath, layout: layout, config: config)
                 try pending.commit()
             } catch {
                 abandon()
-                throw error
+                throw TrainError("checkpoint \(path) not written, earlier ones are intact: \(error)")
             }
         }
 
@@ -114,17 +126,14 @@ public enum TrainCheckpoint {
         public func close() { file.close() }
     }
 
-    /// The settings a run was started with, read from the checkpoint `--resume` would pick (nil when there is
-    /// none yet: then the trainer reports the missing checkpoint itself).
-    public static func storedRunConfig(resume: String, out: String) throws -> TrainOptions? {
-        guard let path = resumePath(resume, out: out), let f = try? HDF5File.open(path) else { return nil }
+    /// The stored settings (run_config JSON) of the checkpoint `--resume VALUE` would start from: nil when there
+    /// is none yet (the trainer then reports the missing checkpoint itself) or it has no stored settings.
+    public static func storedRunConfig(resume: String, out: String?) throws -> String? {
+        let path = resume == "latest" ? out.flatMap { completeCheckpoints(directory: $0).first } : resume
+        guard let path, let f = try? HDF5File.open(path) else { return nil }
         defer { f.close() }
-        guard f.hasAttribute("/", "run_config"), let json = try? f.stringAttribute("/", "run_config") else { return nil }
-        do {
-            return try JSONDecoder().decode(TrainOptions.self, from: Data(json.utf8))
-        } catch {
-            throw TrainError("\(path): unreadable run_config attribute (\(error))")
-        }
+        guard f.hasAttribute("/", "run_config") else { return nil }
+        return try f.stringAttribute("/", "run_config")
     }
 
     public static func readConfig(path: String) throws -> GPT2Config {
@@ -133,26 +142,39 @@ public enum TrainCheckpoint {
         return try ModelFile.readConfig(f)
     }
 
-    /// Checkpoints in a run directory, newest first (by the step in the name).
+    /// Checkpoints in a run directory (by name), newest step first.
     public static func list(directory: String) -> [String] {
         let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
         return names.filter { $0.hasPrefix("ckpt-") && $0.hasSuffix(".h5") }.sorted(by: >).map { directory + "/" + $0 }
     }
 
-    /// The checkpoint `--resume VALUE` names: VALUE itself, or for "latest" the newest complete one in `out`.
-    public static func resumePath(_ value: String, out: String) -> String? {
-        value == "latest" ? newestComplete(directory: out) : value
+    /// Checkpoints most recently written first (modification time, then step): after a resume from an older
+    /// checkpoint, the files of the new run come before those of the abandoned later steps.
+    static func newestFirst(directory: String) -> [String] {
+        func mtime(_ p: String) -> Double {
+            var st = stat()
+            return stat(p, &st) == 0 ? Double(st.st_mtim.tv_sec) + Double(st.st_mtim.tv_nsec) / 1e9 : 0
+        }
+        return list(directory: directory).map { ($0, mtime($0)) }.sorted { a, b in
+            a.1 != b.1 ? a.1 > b.1 : a.0 > b.0
+        }.map(\.0)
     }
 
-    /// The newest checkpoint that opens and has a complete header: `latest` first, then the others by step.
-    public static func newestComplete(directory: String) -> String? {
+    /// Every checkpoint with a complete header, in the order `--resume` tries them: the one `latest` names,
+    /// then the others most recently written first.
+    public static func completeCheckpoints(directory: String) -> [String] {
         var candidates: [String] = []
-        if let name = try? String(contentsOfFile: directory + "/latest", encoding: .utf8) {
-            candidates.append(directory + "/" + name.trimmingCharacters(in: .whitespacesAndNewlines))
-        }
-        candidates += list(directory: directory)
-        for c in candidates where isComplete(c) { return c }
-        return nil
+        if let named = latestName(directory: directory) { candidates.append(directory + "/" + named) }
+        for c in newestFirst(directory: directory) where !candidates.contains(c) { candidates.append(c) }
+        return candidates.filter(isComplete)
+    }
+
+    public static func newestComplete(directory: String) -> String? { completeCheckpoints(directory: directory).first }
+
+    static func latestName(directory: String) -> String? {
+        guard let name = try? String(contentsOfFile: directory + "/latest", encoding: .utf8) else { return nil }
+        let trimmed = name.trimmingCharacters(in: .whitespacesAndNewlines)
+        return trimmed.isEmpty || trimmed.contains("/") ? nil : trimmed
     }
 
     static func isComplete(_ path: String) -> Bool {
@@ -161,11 +183,61 @@ public enum TrainCheckpoint {
         return (try? ModelFile.readConfig(f)) != nil && f.exists("/optimizer/v") && f.hasAttribute("/", "run_config")
     }
 
-    /// Points `latest` at the new checkpoint and deletes all but the newest `keep`.
+    /// Every tensor of the checkpoint is present with its shape, and the training attributes are there
+    /// (run on the temporary file before it may replace anything).
+    static func verifyStructure(path: String, layout: ParameterLayout, config: GPT2Config) throws {
+        let f = try HDF5File.open(path)
+        defer { f.close() }
+        guard try ModelFile.readConfig(f) == config else { throw TrainError("\(path): the model config read back differs") }
+        for group in ["/params", "/optimizer/m", "/optimizer/v"] {
+            for e in layout.entries {
+                let (shape, isFloat) = try f.datasetShape("\(group)/\(e.name)")
+                guard shape == e.shape, isFloat else {
+                    throw TrainError("\(path): \(group)/\(e.name) read back as \(shape), expected \(e.shape)")
+                }
+            }
+        }
+        for a in ["step", "tokens_seen", "data_cursor", "seed", "adam_t", "run_config"] where !f.hasAttribute("/", a) {
+            throw TrainError("\(path): attribute \(a) missing after writing")
+        }
+    }
+
+    /// Reads every tensor of a checkpoint back, so each dataset's checksum is verified (and nothing non-finite).
+    public static func verify(path: String, model: GPT2Model) throws {
+        let f = try HDF5File.open(path)
+        defer { f.close() }
+        guard try ModelFile.readConfig(f) == model.config else { throw TrainError("\(path): model config differs") }
+        let largest = model.parameters.layout.entries.map(\.count).max() ?? 1
+        let scratch = FloatBuffer(count: largest)
+        for group in ["/params", "/optimizer/m", "/optimizer/v"] {
+            for e in model.parameters.layout.entries {
+                var single = ParameterLayout()
+                single.append(e.name, e.shape)
+                try ModelFile.readTensors(f, group: group, layout: single, into: scratch.pointer)
+            }
+        }
+    }
+
+    /// Removes `.ckpt-*.h5.tmp-PID` files whose writer is no longer running (a run killed while checkpointing);
+    /// returns their names.
+    public static func removeStaleTemporaries(directory: String) -> [String] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        var removed: [String] = []
+        for name in names where name.hasPrefix(".ckpt-") && name.contains(".h5.tmp-") {
+            guard let pid = Int32(name.split(separator: "-").last ?? "") else { continue }
+            if pid == getpid() || (kill(pid, 0) == 0 || errno == EPERM) { continue }  // still being written
+            if unlink(directory + "/" + name) == 0 { removed.append(directory + "/" + name) }
+        }
+        return removed
+    }
+
+    /// Points `latest` at the new checkpoint, then deletes all but the `keep` most recently written. The new
+    /// checkpoint (which `latest` now names) is never deleted, whatever its step.
     public static func commit(directory: String, path: String, keep: Int) throws {
         try AtomicFile.write(text: URL(fileURLWithPath: path).lastPathComponent + "\n", to: directory + "/latest")
-        if keep > 0 {
-            for old in list(directory: directory).dropFirst(keep) { try? FileManager.default.removeItem(atPath: old) }
-        }
+        guard keep > 0 else { return }
+        let newPath = URL(fileURLWithPath: path).standardizedFileURL.path
+        let others = newestFirst(directory: directory).filter { URL(fileURLWithPath: $0).standardizedFileURL.path != newPath }
+        for old in others.dropFirst(keep - 1) { try? FileManager.default.removeItem(atPath: old) }
     }
 }

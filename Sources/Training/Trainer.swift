@@ -8,63 +8,77 @@ import GPT2
 /// Data-parallel training: every rank holds the full model, runs its rows of the global batch,
 /// gradients are summed over ranks in buckets (overlapping backward), and every rank applies the same
 /// AdamW update. Rank 0 writes metrics, the loss curve and checkpoints.
+///
+/// `run` reads top to bottom: validate the settings, build the model and its training state, restore it
+/// (checkpoint, --init or fresh initialisation), then step until done or stopped, checkpointing on the way.
 public final class Trainer {
     let o: TrainOptions
     let comm: Communicator
     let log: (String) -> Void
 
-    public init(options: TrainOptions, comm: Communicator, log: @escaping (String) -> Void = { print($0); fflush(stdout) }) {
+    public init(options: TrainOptions, comm: Communicator, log: @escaping (String) -> Void = Console.line) {
         o = options; self.comm = comm; self.log = log
     }
 
-    struct Setup {
+    /// Runs the whole job; returns normally on completion or preemption.
+    public func run() throws {
+        let plan = try agreed { try validate() }
+        let state = try build(plan)
+        try restore(state, plan)
+        announce(state, plan)
+        StopSignal.install()
+        while state.step < o.steps {
+            let stats = try trainStep(state, plan)
+            report(stats, state, plan)
+            if o.checksumEvery > 0 && state.step % o.checksumEvery == 0 { try checkReplicas(state.model.parameters) }
+            if let signal = stats.stopSignal {
+                if comm.isRoot { log("  \(StopSignal.describe(signal)) received by a rank: stopping after step \(state.step)") }
+                try checkpoint(state)
+                return
+            }
+            if o.evalEvery > 0 && (state.step % o.evalEvery == 0 || state.step == o.steps) { try validateLoss(state, plan) }
+            if (o.ckptEvery > 0 && state.step % o.ckptEvery == 0) || state.step == o.steps { try checkpoint(state) }
+        }
+        finish(state)
+    }
+
+    // MARK: 1. validate
+
+    /// What the settings resolve to once the model config and the data are known.
+    struct Plan {
         var config: GPT2Config
         var train: TokenDataset
         var val: TokenDataset?
         var micro: Int
         var accumulation: Int
-        var resumePath: String?
+        var resumeCandidates: [String]   // newest first; the first that verifies is used
         var initPath: String?
         var schedule: LRSchedule
     }
 
     /// Checks every input before any work; throws a one-line error.
-    func prepare() throws -> Setup {
-        let n = comm.size
-        guard o.steps > 0 else { throw TrainError("--steps must be positive") }
-        guard o.batchSize > 0, o.seqLen > 0 else { throw TrainError("--batch-size and --seq-len must be positive") }
+    func validate() throws -> Plan {
+        try o.checkValues()
+        let n = comm.size, out = o.out!
         guard o.batchSize % n == 0 else {
             throw TrainError("--batch-size \(o.batchSize) is not divisible by the number of ranks (\(n))")
         }
         let micro = o.microBatchSize ?? o.batchSize / n
-        guard micro > 0, o.batchSize % (micro * n) == 0 else {
+        guard o.batchSize % (micro * n) == 0 else {
             throw TrainError("--batch-size \(o.batchSize) must equal micro-batch (\(micro)) x ranks (\(n)) x accumulation steps")
         }
-        guard let kind = LRSchedule.Kind(rawValue: o.lrSchedule) else {
-            throw TrainError("--lr-schedule must be cosine or constant, got \(o.lrSchedule)")
-        }
-        guard o.lr > 0, o.minLR >= 0, o.warmupSteps >= 0, o.gradClip >= 0, o.weightDecay >= 0 else {
-            throw TrainError("learning rates, warmup, clip and weight decay must be non-negative (lr positive)")
-        }
-        guard o.beta1 >= 0 && o.beta1 < 1 && o.beta2 >= 0 && o.beta2 < 1 && o.eps > 0 else {
-            throw TrainError("betas must be in [0, 1) and eps positive")
-        }
-        guard o.zero == 0 || o.zero == 1 else { throw TrainError("--zero must be 0 or 1") }
-        guard !o.out.isEmpty else { throw TrainError("--out is required") }
+        guard o.resume == nil || o.initFrom == nil else { throw TrainError("--resume and --init cannot be combined") }
 
-        // Resume: explicit file, or the newest complete checkpoint in --out.
-        var resumePath: String?
+        // Resume: an explicit file, or every complete checkpoint in --out, newest first (a damaged one falls back).
+        var candidates: [String] = []
         if let r = o.resume {
-            guard let p = TrainCheckpoint.resumePath(r, out: o.out) else {
-                throw TrainError("--resume: no complete checkpoint in \(o.out)")
-            }
-            resumePath = p
+            candidates = r == "latest" ? TrainCheckpoint.completeCheckpoints(directory: out) : [r]
+            guard !candidates.isEmpty else { throw TrainError("--resume: no complete checkpoint in \(out)") }
         }
-        guard resumePath == nil || o.initFrom == nil else { throw TrainError("--resume and --init cannot be combined") }
 
         var config: GPT2Config?
         if let path = o.config { config = try GPT2Config.load(path: path) }
-        for (flag, path) in [("--resume", resumePath), ("--init", o.initFrom)] {
+        for (flag, path) in [("--resume", candidates.first), ("--init", o.initFrom)] {
             guard let path else { continue }
             let c: GPT2Config
             do { c = try TrainCheckpoint.readConfig(path: path) } catch { throw TrainError("\(flag) \(path): \(error)") }
@@ -77,7 +91,7 @@ public final class Trainer {
         guard o.seqLen <= config.contextLength else {
             throw TrainError("--seq-len \(o.seqLen) exceeds the model's context_length \(config.contextLength)")
         }
-        let train = try TokenDataset(spec: o.data, vocabSize: config.vocabSize, preferring: "train")
+        let train = try TokenDataset(spec: o.data!, vocabSize: config.vocabSize, preferring: "train")
         _ = try BatchOrder(tokenCount: train.count, batchSize: o.batchSize, seqLen: o.seqLen)
         var val: TokenDataset?
         if let v = o.val {
@@ -85,247 +99,301 @@ public final class Trainer {
             _ = try BatchOrder(tokenCount: val!.count, batchSize: o.batchSize, seqLen: o.seqLen)
         }
         // Output directory: must be writable; never overwrite an existing run unless resuming it.
-        do { try FileManager.default.createDirectory(atPath: o.out, withIntermediateDirectories: true) } catch {
-            throw TrainError("cannot create --out directory \(o.out)")
+        do { try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true) } catch {
+            throw TrainError("cannot create --out directory \(out)")
         }
-        guard access(o.out, W_OK) == 0 else { throw TrainError("--out directory \(o.out) is not writable") }
-        if resumePath == nil && !TrainCheckpoint.list(directory: o.out).isEmpty {
-            throw TrainError("\(o.out) already holds checkpoints; pass --resume to continue that run or choose another --out")
+        guard access(out, W_OK) == 0 else { throw TrainError("--out directory \(out) is not writable") }
+        if candidates.isEmpty && !TrainCheckpoint.list(directory: out).isEmpty {
+            throw TrainError("\(out) already holds checkpoints; pass --resume to continue that run or choose another --out")
         }
-        guard (o.lrDecaySteps ?? 1) > 0 else { throw TrainError("--lr-decay-steps must be positive") }
-        let schedule = LRSchedule(kind: kind, lr: o.lr, minLR: o.minLR, warmupSteps: o.warmupSteps, totalSteps: o.lrDecaySteps ?? o.steps)
-        return Setup(config: config, train: train, val: val, micro: micro, accumulation: o.batchSize / (micro * n),
-                     resumePath: resumePath, initPath: o.initFrom, schedule: schedule)
+        let kind = LRSchedule.Kind(rawValue: o.lrSchedule)!  // checked by checkValues
+        let schedule = LRSchedule(kind: kind, lr: o.lr, minLR: o.minLr, warmupSteps: o.warmupSteps, totalSteps: o.lrDecaySteps ?? o.steps)
+        return Plan(config: config, train: train, val: val, micro: micro, accumulation: o.batchSize / (micro * n),
+                    resumeCandidates: candidates, initPath: o.initFrom, schedule: schedule)
     }
 
-    /// Runs the whole job; returns normally on completion or preemption.
-    public func run() throws {
-        var setup: Setup?
-        var failure: String?
-        do { setup = try prepare() } catch { failure = "\(error)" }
-        if let message = comm.agreeOnFailure(failure) { throw TrainError(message) }
-        let s = setup!
-        let cfg = s.config, n = comm.size, B = o.batchSize, T = o.seqLen
+    // MARK: 2. build and restore
+
+    /// Everything a running job holds: the model, its optimizer, the graph, the reducer and the counters.
+    final class State {
+        let model: GPT2Model
+        let optimizer: AdamW
+        let sharding: OptimizerSharding
+        let graph: GPT2Graph
+        let reducer: BucketedAllReduce
+        let order: BatchOrder
+        let sgemmPeak: Double
+        var metrics: MetricsLog?
+        var step = 0, tokensSeen = 0
+        var firstStep = 0  // where this run started (after a resume: the checkpoint's step)
+        var badSteps = 0   // non-finite steps in a row
+        var resumedFrom: String?
+        var metricsWarned = false
+        let started = Runtime.now()
+        var timedSteps = 0, timedSeconds = 0.0
+
+        init(model: GPT2Model, optimizer: AdamW, sharding: OptimizerSharding, graph: GPT2Graph, reducer: BucketedAllReduce,
+             order: BatchOrder, sgemmPeak: Double) {
+            self.model = model; self.optimizer = optimizer; self.sharding = sharding; self.graph = graph
+            self.reducer = reducer; self.order = order; self.sgemmPeak = sgemmPeak
+        }
+        var largestTensor: Int { model.parameters.layout.entries.map(\.count).max()! }
+    }
+
+    func build(_ plan: Plan) throws -> State {
+        let cfg = plan.config, n = comm.size
         let peak = Runtime.measureSgemmPeak(seconds: 0.3)  // before the big allocations: its buffers stay out of peak RSS
         let sharding = OptimizerSharding(total: cfg.parameterCount, ranks: n, rank: comm.rank, sharded: o.zero == 1 && n > 1)
         let model = GPT2Model(config: cfg, paddedCount: sharding.paddedCount)
-        let params = model.parameters
-        let opt = AdamW(layout: params.layout, slice: sharding.mine, hyper: {
+        let optimizer = AdamW(layout: model.parameters.layout, slice: sharding.mine, hyper: {
             var h = AdamW.Hyper(); h.beta1 = o.beta1; h.beta2 = o.beta2; h.eps = o.eps; h.weightDecay = o.weightDecay; return h
         }())
-        let largestTensor = params.layout.entries.map(\.count).max()!
-
-        // Identical starting point on every rank: rank 0 reads or initialises, then broadcasts; AdamW state
-        // goes tensor by tensor to whichever ranks hold it.
-        var startStep = 0, tokensSeen = 0
-        var loadError: String?
-        var reader: TrainCheckpoint.Reader?
-        if comm.isRoot {
-            do {
-                if let r = s.resumePath {
-                    reader = try TrainCheckpoint.Reader(path: r, model: model)
-                    startStep = reader!.state.step; tokensSeen = reader!.state.tokensSeen
-                } else if let i = s.initPath {
-                    // Straight into the flat buffer: no second copy of the model (it may be 1.5B parameters).
-                    let f = try HDF5File.open(i)
-                    defer { f.close() }
-                    try ModelFile.readTensors(f, group: "/params", layout: params.layout, into: params.values.pointer)
-                } else {
-                    model.initialize(seed: UInt64(o.seed))
-                }
-            } catch { loadError = "\(error)" }
-        }
-        if let message = comm.agreeOnFailure(loadError) { throw TrainError(message) }
-        comm.broadcast(params.values.pointer, count: params.count)
-        var counters = [Double(startStep), Double(tokensSeen), s.resumePath == nil ? 0 : 1]
-        comm.broadcast(&counters)
-        startStep = Int(counters[0]); tokensSeen = Int(counters[1])
-        if counters[2] > 0 {
-            let scratch = FloatBuffer(count: largestTensor)
-            for (group, local) in [("m", opt.m.pointer), ("v", opt.v.pointer)] {
-                for e in params.layout.entries {
-                    if let r = reader, loadError == nil {
-                        do { try r.read(group, e, into: scratch.pointer) } catch { loadError = "\(error)" }
-                    }
-                    sharding.scatter(e, full: scratch.pointer, local: local, comm: comm)
-                }
-            }
-            reader?.close()
-            if let message = comm.agreeOnFailure(loadError) { throw TrainError(message) }
-        }
-
-        let graph = GPT2Graph(model: model, batch: s.micro, seqLen: T, mode: .train, recompute: o.recompute)
-        graph.lossGradScale = 1 / Float(B * T)  // summed over micro-batches and ranks = the global mean
-        let order = try BatchOrder(tokenCount: s.train.count, batchSize: B, seqLen: T, shuffleSeed: o.shuffle ? UInt64(o.seed) : nil)
+        let graph = GPT2Graph(model: model, batch: plan.micro, seqLen: o.seqLen, mode: .train, recompute: o.recompute)
+        graph.lossGradScale = 1 / Float(o.batchSize * o.seqLen)  // summed over micro-batches and ranks = the global mean
+        let order = try BatchOrder(tokenCount: plan.train.count, batchSize: o.batchSize, seqLen: o.seqLen,
+                                   shuffleSeed: o.shuffle ? UInt64(o.seed) : nil)
         // Gradients are summed in buckets that overlap backward: all-reduced, or with ZeRO-1 reduce-scattered
         // into this rank's shard (and parameters all-gathered after the update, bucket by bucket).
-        let reducer = BucketedAllReduce(comm: comm, base: params.gradients.pointer, count: params.count,
-                                        bucketFloats: max(1, Int(o.bucketMB * 1_048_576 / 4)), overlap: o.overlap,
+        let reducer = BucketedAllReduce(comm: comm, base: model.parameters.gradients.pointer, count: model.parameters.count,
+                                        bucketFloats: Int(o.bucketMb * 1_048_576 / 4), overlap: o.overlap,
                                         blockSize: sharding.sharded ? sharding.blockSize : nil)
-        let flopsPerStep = cfg.flopsPerToken(seqLen: T) * Double(B * T)
-        var metrics: MetricsLog?
-        var metricsError: String?
-        if comm.isRoot {
-            do { metrics = try MetricsLog.openOrCreate(path: o.out + "/metrics.h5", log: log) } catch { metricsError = "\(error)" }
+        let state = State(model: model, optimizer: optimizer, sharding: sharding, graph: graph, reducer: reducer,
+                          order: order, sgemmPeak: peak)
+        state.metrics = try agreed { () -> MetricsLog? in
+            guard comm.isRoot else { return nil }
+            let removed = TrainCheckpoint.removeStaleTemporaries(directory: o.out!)
+            for r in removed { log("  removed \(r), left by a run that was killed while writing a checkpoint") }
+            return try MetricsLog.openOrCreate(path: o.out! + "/metrics.h5", log: log)
         }
-        if let message = comm.agreeOnFailure(metricsError) { throw TrainError(message) }
-        StopSignal.install()
+        return state
+    }
 
-        if comm.isRoot {
-            log("gpt2-dist train: \(n) rank(s) x \(Runtime.blasDescription); model \(cfg.parameterCount) parameters "
-                + "(\(cfg.nLayers) layers, \(cfg.embDim) wide, \(cfg.nHeads) heads, vocab \(cfg.vocabSize))")
-            log("  batch \(B) x \(T) tokens = micro \(s.micro) x \(n) ranks x \(s.accumulation) accumulation; "
-                + "train tokens \(s.train.count)\(s.val.map { ", val tokens \($0.count)" } ?? ""); "
-                + "sgemm peak \(String(format: "%.0f", peak / 1e9)) GFLOP/s per rank")
-            let mem = MemoryEstimate(config: cfg, microBatch: s.micro, seqLen: T, ranks: n, zero: sharding.sharded,
-                                     recompute: o.recompute, activationBytes: graph.activationBytes)
-            log("  memory per rank (predicted): \(Runtime.formatBytes(mem.total)) = params \(Runtime.formatBytes(mem.parameters)) + grads "
-                + "\(Runtime.formatBytes(mem.gradients)) + AdamW \(Runtime.formatBytes(mem.optimizer)) + activations "
-                + "\(Runtime.formatBytes(mem.activations)) + runtime \(Runtime.formatBytes(MemoryEstimate.runtimeOverhead))")
-            let cores = sysconf(Int32(_SC_NPROCESSORS_ONLN)), local = Runtime.localRanks
-            if local * BLAS.threads > cores {
-                log("  warning: \(local) ranks x \(BLAS.threads) threads on this node exceed its \(cores) cores: "
-                    + "every step will be several times slower (lower --threads or the ranks per node)")
-            }
-            if sharding.sharded {
-                log("  ZeRO-1: AdamW state sharded, \(sharding.blockSize) of \(cfg.parameterCount) parameters per rank")
-            }
-            if let r = s.resumePath { log("  resumed from \(r) at step \(startStep)") }
-            if let i = s.initPath { log("  initialised from \(i)") }
-        }
-
-        // Rank 0 alone writes metrics; a busy or failing metrics file is reported, never fatal.
-        var metricsWarned = false
-        func record(_ values: [String: Double]) {
-            if let warning = metrics?.append(values), !metricsWarned {
-                log("  warning: metrics.h5 not written this step: \(warning)")
-                metricsWarned = true
-            }
-        }
-
-        func saveCheckpoint(step: Int) throws {
-            var failure: String?
-            let path = o.out + "/" + TrainCheckpoint.fileName(step: step)
-            var writer: TrainCheckpoint.Writer?
-            if comm.isRoot {
-                do { writer = try TrainCheckpoint.Writer(path: path, model: model, step: step) } catch { failure = "\(error)" }
-            }
-            // Every rank takes part in gathering each optimizer tensor (a no-op without sharding).
-            let scratch = sharding.sharded ? FloatBuffer(count: largestTensor) : nil
-            for (group, local) in [("m", opt.m.pointer), ("v", opt.v.pointer)] {
-                for e in params.layout.entries {
-                    let full = sharding.gather(e, local: local, scratch: scratch?.pointer ?? local, comm: comm)
-                    if let w = writer, failure == nil, let full {
-                        do { try w.write(group, e, full) } catch { failure = "\(error)" }
-                    }
-                }
-            }
-            if let w = writer, failure == nil {
-                do {
-                    let state = TrainState(step: step, tokensSeen: tokensSeen, dataCursor: step, seed: o.seed, runConfig: o.json)
-                    try w.finish(state)
-                    try TrainCheckpoint.commit(directory: o.out, path: path, keep: o.keepCheckpoints)
-                    _ = try? LossPlot.render(runDirectory: o.out)
-                    log("  checkpoint \(path)")
-                } catch { failure = "\(error)" }
-            }
-            if let message = comm.agreeOnFailure(failure) { throw TrainError(message) }
-        }
-
-        func validate(step: Int) throws {
-            guard let val = s.val, o.evalBatches > 0 else { return }
-            let batches = min(o.evalBatches, (val.count - 1) / (B * T))
-            let loss = try evaluateLoss(graph: graph, data: val, batchSize: B, seqLen: T, batches: batches, comm: comm)
-            if comm.isRoot {
-                log(String(format: "  validation loss %.4f (step %d, %d batches)", loss, step, batches))
-                record(["val_step": Double(step), "val_loss": loss])
-            }
-        }
-
-        var badSteps = 0
-        let runStart = Runtime.now()
-        var timedSteps = 0, timedSeconds = 0.0
-        var step = startStep
-        var reduceSeconds = 0.0
-        while step < o.steps {
-            let t0 = Runtime.now()
-            params.zeroGradients()
-            reducer.begin()
-            var lossSum = 0.0
-            let rowsPerRank = s.micro * s.accumulation
-            for k in 0..<s.accumulation {
-                let first = comm.rank * rowsPerRank + k * s.micro
-                order.fill(s.train, step: step, firstRow: first, rows: s.micro, inputs: graph.inputs.pointer, targets: graph.targets.pointer)
-                graph.forward(step: step, seed: UInt64(o.seed), rowOffset: first)
-                lossSum += graph.lossSum
-                let last = k == s.accumulation - 1
-                graph.backward(progress: last && reducer.overlap ? { reducer.ready(from: $0) } : nil)
-            }
-            reducer.finish()
-            reduceSeconds = reducer.waitSeconds
-            // One all-reduce carries the loss and whether any rank was asked to stop (and by which signal).
-            var agreed = [lossSum, StopSignal.requested ? 1 : 0, StopSignal.requested ? Double(StopSignal.signalNumber) : 0]
-            comm.allReduceSum(&agreed)
-            let loss = agreed[0] / Double(B * T)
-            var norm: Double
-            if sharding.sharded {
-                var sq = [pow(gradientNorm(params.gradients.pointer + sharding.mine.lowerBound, sharding.mine.count), 2)]
-                comm.allReduceSum(&sq)
-                norm = sq[0].squareRoot()
+    /// Identical starting point on every rank: rank 0 reads or initialises, then broadcasts; AdamW state goes
+    /// tensor by tensor to whichever ranks hold it.
+    func restore(_ s: State, _ plan: Plan) throws {
+        let params = s.model.parameters
+        let reader = try agreed { () -> TrainCheckpoint.Reader? in
+            guard comm.isRoot else { return nil }
+            if !plan.resumeCandidates.isEmpty { return try openVerifiedCheckpoint(plan.resumeCandidates, model: s.model) }
+            if let i = plan.initPath {
+                // Straight into the flat buffer: no second copy of the model (it may be 1.5B parameters).
+                let f = try HDF5File.open(i)
+                defer { try? f.close() }
+                try ModelFile.readTensors(f, group: "/params", layout: params.layout, into: params.values.pointer)
             } else {
-                norm = gradientNorm(params.gradients.pointer, params.count)
+                s.model.initialize(seed: UInt64(o.seed))
             }
-            let lr = s.schedule(step)
-            let tOpt = Runtime.now()
-            if loss.isFinite && norm.isFinite {
-                badSteps = 0
-                let clip: Float = o.gradClip > 0 ? Float(min(1, o.gradClip / (norm + 1e-6))) : 1
-                let lo = sharding.mine.lowerBound
-                opt.step(params: params.values.pointer + lo, grads: params.gradients.pointer + lo,
-                         lr: lr, t: step + 1, gradScale: clip)
-                reducer.allGather(params.values.pointer)
-            } else {
-                badSteps += 1
-                if comm.isRoot { log("  step \(step + 1): non-finite loss or gradient norm (loss \(loss), norm \(norm)); update skipped") }
-                if badSteps >= o.maxBadSteps {
-                    throw TrainError("\(badSteps) non-finite steps in a row at step \(step + 1); stopping (lower --lr or check the data)")
-                }
-            }
-            let optSeconds = Runtime.now() - tOpt
-            step += 1
-            tokensSeen += B * T
-            let dt = Runtime.now() - t0
-            if step > startStep + 1 || o.steps - startStep == 1 { timedSteps += 1; timedSeconds += dt }
-            let avg = timedSteps > 0 ? timedSeconds / Double(timedSteps) : dt
-            if comm.isRoot {
-                let tps = Double(B * T) / dt
-                let mfu = flopsPerStep / dt / (peak * Double(n)) * 100
-                log(String(format: "step %d/%d | loss %.4f | lr %.2e | norm %.3f | %.0f ms | %.0f tok/s | MFU %.1f%% | comm %.0f ms | opt %.0f ms | ETA %@",
-                           step, o.steps, loss, lr, norm, dt * 1000, tps, mfu, reduceSeconds * 1000, optSeconds * 1000,
-                           Runtime.formatDuration(avg * Double(o.steps - step))))
-                record(["step": Double(step), "train_loss": loss, "lr": lr, "grad_norm": norm,
-                                     "tokens_per_s": tps, "ms_per_step": dt * 1000])
-            }
-            reducer.resetTimers()
-            if o.checksumEvery > 0 && step % o.checksumEvery == 0 { try checkReplicas(params) }
-            let stopping = agreed[1] > 0
-            if o.evalEvery > 0 && (step % o.evalEvery == 0 || step == o.steps) && !stopping { try validate(step: step) }
-            if stopping {
-                if comm.isRoot {
-                    let sig = agreed[1] == 1 ? Int32(agreed[2]) : SIGTERM  // one rank signalled: name its signal
-                    log("  \(StopSignal.describe(sig)) received by a rank: stopping after step \(step)")
-                }
-                try saveCheckpoint(step: step)
-                return
-            }
-            if (o.ckptEvery > 0 && step % o.ckptEvery == 0) || step == o.steps { try saveCheckpoint(step: step) }
+            return nil
         }
-        var rss = [Double](repeating: 0, count: n)
+        comm.broadcast(params.values.pointer, count: params.count)
+        var counters = [Double(reader?.state.step ?? 0), Double(reader?.state.tokensSeen ?? 0), plan.resumeCandidates.isEmpty ? 0 : 1]
+        comm.broadcast(&counters)
+        s.step = Int(counters[0]); s.tokensSeen = Int(counters[1]); s.firstStep = s.step
+        s.resumedFrom = reader?.path
+        guard counters[2] > 0 else { return }
+        var failure: String?
+        let scratch = FloatBuffer(count: s.largestTensor)
+        for (group, local) in [("m", s.optimizer.m.pointer), ("v", s.optimizer.v.pointer)] {
+            for e in params.layout.entries {
+                if let r = reader, failure == nil {
+                    do { try r.read(group, e, into: scratch.pointer) } catch { failure = "\(error)" }
+                }
+                s.sharding.scatter(e, full: scratch.pointer, local: local, comm: comm)
+            }
+        }
+        reader?.close()
+        if let message = comm.agreeOnFailure(failure) { throw TrainError(message) }
+    }
+
+    /// The first candidate whose every dataset reads back with a valid checksum; each one skipped is reported.
+    func openVerifiedCheckpoint(_ candidates: [String], model: GPT2Model) throws -> TrainCheckpoint.Reader {
+        var problems: [String] = []
+        for path in candidates {
+            do {
+                try TrainCheckpoint.verify(path: path, model: model)
+                if let damaged = problems.last { log("  warning: \(damaged); resuming from \(path) instead") }
+                return try TrainCheckpoint.Reader(path: path, model: model)
+            } catch {
+                problems.append("\(path) is unusable (\(error))")
+                if o.resume != "latest" { throw error }
+            }
+        }
+        throw TrainError("--resume: no usable checkpoint in \(o.out!): " + problems.joined(separator: "; "))
+    }
+
+    func announce(_ s: State, _ plan: Plan) {
+        guard comm.isRoot else { return }
+        let cfg = plan.config, n = comm.size
+        log("gpt2-dist train: \(n) rank(s) x \(Runtime.blasDescription); model \(cfg.parameterCount) parameters "
+            + "(\(cfg.nLayers) layers, \(cfg.embDim) wide, \(cfg.nHeads) heads, vocab \(cfg.vocabSize))")
+        log("  batch \(o.batchSize) x \(o.seqLen) tokens = micro \(plan.micro) x \(n) ranks x \(plan.accumulation) accumulation; "
+            + "train tokens \(plan.train.count)\(plan.val.map { ", val tokens \($0.count)" } ?? ""); "
+            + "sgemm peak \(String(format: "%.0f", s.sgemmPeak / 1e9)) GFLOP/s per rank")
+        let mem = MemoryEstimate(config: cfg, microBatch: plan.micro, seqLen: o.seqLen, ranks: n, zero: s.sharding.sharded,
+                                 recompute: o.recompute, activationBytes: s.graph.activationBytes)
+        log("  memory per rank (predicted): \(Runtime.formatBytes(mem.total)) = params \(Runtime.formatBytes(mem.parameters)) + grads "
+            + "\(Runtime.formatBytes(mem.gradients)) + AdamW \(Runtime.formatBytes(mem.optimizer)) + activations "
+            + "\(Runtime.formatBytes(mem.activations)) + runtime \(Runtime.formatBytes(MemoryEstimate.runtimeOverhead))")
+        let local = Runtime.localRanks
+        if local * BLAS.threads > Runtime.nodeCores {
+            log("  warning: \(local) ranks x \(BLAS.threads) threads on this node exceed its \(Runtime.nodeCores) cores: "
+                + "every step will be several times slower (lower --threads or the ranks per node)")
+        }
+        if o.overlap && n > 1 && !s.reducer.overlap {
+            log("  warning: MPI does not provide MPI_THREAD_MULTIPLE: gradients are reduced after backward, not during it")
+        }
+        if s.sharding.sharded {
+            log("  ZeRO-1: AdamW state sharded, \(s.sharding.blockSize) of \(cfg.parameterCount) parameters per rank")
+        }
+        if let r = s.resumedFrom { log("  resumed from \(r) at step \(s.step)") }
+        if let i = plan.initPath { log("  initialised from \(i)") }
+    }
+
+    // MARK: 3. one step
+
+    struct StepStats {
+        var loss: Double, norm: Double, lr: Double
+        var seconds: Double, commSeconds: Double, optimizerSeconds: Double
+        var stopSignal: Int32?
+    }
+
+    /// Forward and backward over this rank's rows (gradients reduced in buckets meanwhile), one all-reduce of the
+    /// loss and the stop flags, clipping and the AdamW update (skipped when anything is non-finite).
+    func trainStep(_ s: State, _ plan: Plan) throws -> StepStats {
+        let t0 = Runtime.now()
+        let params = s.model.parameters, B = o.batchSize, T = o.seqLen
+        params.zeroGradients()
+        s.reducer.begin()
+        var lossSum = 0.0
+        let rowsPerRank = plan.micro * plan.accumulation
+        for k in 0..<plan.accumulation {
+            let first = comm.rank * rowsPerRank + k * plan.micro
+            s.order.fill(plan.train, step: s.step, firstRow: first, rows: plan.micro,
+                         inputs: s.graph.inputs.pointer, targets: s.graph.targets.pointer)
+            s.graph.forward(step: s.step, seed: UInt64(o.seed), rowOffset: first)
+            lossSum += s.graph.lossSum
+            let last = k == plan.accumulation - 1
+            s.graph.backward(progress: last && s.reducer.overlap ? { s.reducer.ready(from: $0) } : nil)
+        }
+        s.reducer.finish()
+        let commSeconds = s.reducer.waitSeconds
+        // One all-reduce carries the loss and whether any rank was asked to stop (and by which signal).
+        var agreed = [lossSum, StopSignal.requested ? 1 : 0, StopSignal.requested ? Double(StopSignal.signalNumber) : 0]
+        comm.allReduceSum(&agreed)
+        let loss = agreed[0] / Double(B * T)
+        let norm = gradientNorm(s)
+        let lr = plan.schedule(s.step)
+        let tOpt = Runtime.now()
+        if loss.isFinite && norm.isFinite {
+            s.badSteps = 0
+            let clip: Float = o.gradClip > 0 ? Float(min(1, o.gradClip / (norm + 1e-6))) : 1
+            let lo = s.sharding.mine.lowerBound
+            s.optimizer.step(params: params.values.pointer + lo, grads: params.gradients.pointer + lo,
+                             lr: lr, t: s.step + 1, gradScale: clip)
+            s.reducer.allGather(params.values.pointer)
+        } else {
+            s.badSteps += 1
+            if comm.isRoot { log("  step \(s.step + 1): non-finite loss or gradient norm (loss \(loss), norm \(norm)); update skipped") }
+            if s.badSteps >= o.maxBadSteps {
+                throw TrainError("\(s.badSteps) non-finite steps in a row at step \(s.step + 1); stopping (lower --lr or check the data)")
+            }
+        }
+        let optimizerSeconds = Runtime.now() - tOpt
+        s.step += 1
+        s.tokensSeen += B * T
+        s.reducer.resetTimers()
+        // One rank signalled: name its signal; several: SIGTERM stands for them all.
+        let stop: Int32? = agreed[1] == 0 ? nil : agreed[1] == 1 ? Int32(agreed[2]) : SIGTERM
+        return StepStats(loss: loss, norm: norm, lr: lr, seconds: Runtime.now() - t0, commSeconds: commSeconds,
+                         optimizerSeconds: optimizerSeconds, stopSignal: stop)
+    }
+
+    /// The global gradient norm (each rank holds only its shard's summed gradients under ZeRO-1).
+    func gradientNorm(_ s: State) -> Double {
+        let g = s.model.parameters.gradients.pointer
+        guard s.sharding.sharded else { return Training.gradientNorm(g, s.model.parameters.count) }
+        var squares = [pow(Training.gradientNorm(g + s.sharding.mine.lowerBound, s.sharding.mine.count), 2)]
+        comm.allReduceSum(&squares)
+        return squares[0].squareRoot()
+    }
+
+    /// The progress line and the metrics row (rank 0).
+    func report(_ r: StepStats, _ s: State, _ plan: Plan) {
+        let B = o.batchSize, T = o.seqLen
+        // The first step of a run includes warm-up: leave it out of the ETA unless it is the only one.
+        if s.step > s.firstStep + 1 || o.steps - s.firstStep == 1 { s.timedSteps += 1; s.timedSeconds += r.seconds }
+        guard comm.isRoot else { return }
+        let avg = s.timedSteps > 0 ? s.timedSeconds / Double(s.timedSteps) : r.seconds
+        let tps = Double(B * T) / r.seconds
+        let mfu = plan.config.flopsPerToken(seqLen: T) * Double(B * T) / r.seconds / (s.sgemmPeak * Double(comm.size)) * 100
+        log(String(format: "step %d/%d | loss %.4f | lr %.2e | norm %.3f | %.0f ms | %.0f tok/s | MFU %.1f%% | comm %.0f ms | opt %.0f ms | ETA %@",
+                   s.step, o.steps, r.loss, r.lr, r.norm, r.seconds * 1000, tps, mfu, r.commSeconds * 1000,
+                   r.optimizerSeconds * 1000, Runtime.formatDuration(avg * Double(o.steps - s.step))))
+        record(s, ["step": Double(s.step), "train_loss": r.loss, "lr": r.lr, "grad_norm": r.norm,
+                   "tokens_per_s": tps, "ms_per_step": r.seconds * 1000])
+    }
+
+    /// Rank 0 alone writes metrics; a busy or failing metrics file is reported once, never fatal.
+    func record(_ s: State, _ values: [String: Double]) {
+        if let warning = s.metrics?.append(values), !s.metricsWarned {
+            log("  warning: metrics.h5 not written this step: \(warning)")
+            s.metricsWarned = true
+        }
+    }
+
+    func validateLoss(_ s: State, _ plan: Plan) throws {
+        guard let val = plan.val, o.evalBatches > 0 else { return }
+        let B = o.batchSize, T = o.seqLen
+        let batches = min(o.evalBatches, (val.count - 1) / (B * T))
+        let loss = try evaluateLoss(graph: s.graph, data: val, batchSize: B, seqLen: T, batches: batches, comm: comm)
+        if comm.isRoot {
+            log(String(format: "  validation loss %.4f (step %d, %d batches)", loss, s.step, batches))
+            record(s, ["val_step": Double(s.step), "val_loss": loss])
+        }
+    }
+
+    // MARK: 4. checkpoint
+
+    /// Rank 0 writes OUT/ckpt-STEP.h5 (every rank takes part in gathering sharded optimizer state); the file is
+    /// verified before it replaces anything, and only then does `latest` move and old checkpoints go.
+    func checkpoint(_ s: State) throws {
+        var failure: String?
+        let params = s.model.parameters
+        let path = o.out! + "/" + TrainCheckpoint.fileName(step: s.step)
+        var writer: TrainCheckpoint.Writer?
+        if comm.isRoot {
+            do { writer = try TrainCheckpoint.Writer(path: path, model: s.model, step: s.step) } catch { failure = "\(error)" }
+        }
+        let scratch = s.sharding.sharded ? FloatBuffer(count: s.largestTensor) : nil
+        for (group, local) in [("m", s.optimizer.m.pointer), ("v", s.optimizer.v.pointer)] {
+            for e in params.layout.entries {
+                let full = s.sharding.gather(e, local: local, scratch: scratch?.pointer ?? local, comm: comm)
+                if let w = writer, failure == nil, let full {
+                    do { try w.write(group, e, full) } catch { failure = "\(error)" }
+                }
+            }
+        }
+        if let w = writer, failure == nil {
+            do {
+                let state = TrainState(step: s.step, tokensSeen: s.tokensSeen, dataCursor: s.step, seed: o.seed, runConfig: o.json)
+                try w.finish(state)
+                try TrainCheckpoint.commit(directory: o.out!, path: path, keep: o.keepCheckpoints)
+                _ = try? LossPlot.render(runDirectory: o.out!)
+                log("  checkpoint \(path)")
+            } catch { failure = "\(error)" }
+        }
+        if let message = comm.agreeOnFailure(failure) { throw TrainError(message) }
+    }
+
+    // MARK: 5. finish
+
+    func finish(_ s: State) {
+        var rss = [Double](repeating: 0, count: comm.size)
         rss[comm.rank] = Double(Runtime.peakRSS)
         comm.allReduceSum(&rss)
         if comm.isRoot {
-            log(String(format: "done: %d steps in %@; peak RSS per rank: %@", o.steps - startStep,
-                       Runtime.formatDuration(Runtime.now() - runStart), rss.map { Runtime.formatBytes($0) }.joined(separator: ", ")))
+            log(String(format: "done: %d steps in %@; peak RSS per rank: %@", s.step - s.firstStep, Runtime.formatDuration(Runtime.now() - s.started),
+                       rss.map { Runtime.formatBytes($0) }.joined(separator: ", ")))
         }
     }
 
@@ -337,6 +405,15 @@ public final class Trainer {
         var lo = [sum], hi = [sum]
         comm.allReduceMin(&lo); comm.allReduceMax(&hi)
         if lo[0] != hi[0] { throw TrainError("ranks hold different parameters (checksums \(lo[0]) vs \(hi[0])); aborting") }
+    }
+
+    /// Runs `body` on every rank and agrees on the outcome: if any rank failed, all throw the first failure.
+    func agreed<R>(_ body: () throws -> R) throws -> R {
+        var result: R?
+        var failure: String?
+        do { result = try body() } catch { failure = "\(error)" }
+        if let message = comm.agreeOnFailure(failure) { throw TrainError(message) }
+        return result!
     }
 }
 

@@ -24,7 +24,7 @@ struct Bench: ParsableCommand {
     @OptionGroup var compute: ComputeOptions
 
     func run() throws {
-        let threads = compute.apply()
+        let threads = try compute.applyOrExit()
         try runOrFail {
             let cfg = try GPT2Config.load(path: config)
             guard seqLen > 0, seqLen <= cfg.contextLength, batchSize > 0, steps > 0 else {

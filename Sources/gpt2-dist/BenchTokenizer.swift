@@ -18,7 +18,7 @@ struct BenchTokenizer: ParsableCommand {
     @OptionGroup var compute: ComputeOptions
 
     func run() throws {
-        let threads = compute.apply()
+        let threads = try compute.applyOrExit()
         try runOrFail {
             guard let data = FileManager.default.contents(atPath: text), let s = String(data: data, encoding: .utf8) else {
                 throw TrainError("cannot read UTF-8 text from \(text)")

@@ -20,31 +20,36 @@ struct GPT2Dist: ParsableCommand {
     )
 
     /// `--resume` may stand alone (newest checkpoint in --out): give it the value "latest" for the parser.
+    /// `--steps -1` reaches our range checks as `--steps=-1` (the parser would take -1 for an option name).
     static func normalize(_ args: [String]) -> [String] {
         var out: [String] = []
-        for (i, a) in args.enumerated() {
+        var i = 0
+        while i < args.count {
+            let a = args[i], next = i + 1 < args.count ? args[i + 1] : nil
+            if a.hasPrefix("--"), !a.contains("="), let n = next, n.hasPrefix("-"), Double(n) != nil {
+                out.append(a + "=" + n)
+                i += 2
+                continue
+            }
             out.append(a)
-            if a == "--resume" && (i + 1 == args.count || args[i + 1].hasPrefix("-")) { out.append("latest") }
+            if a == "--resume" && (next == nil || next!.hasPrefix("-")) { out.append("latest") }
+            i += 1
         }
         return out
     }
 }
 
-/// Options shared by commands that compute.
-struct ComputeOptions: ParsableArguments {
-    @Option(help: "Threads for BLAS and kernels per rank (default: cores / ranks on this node).")
-    var threads: Int?
-
-    func apply() -> Int {
-        let n = threads ?? Runtime.defaultThreads(localRanks: Runtime.localRanks)
-        Runtime.setThreads(max(1, n))
-        return n
+extension ComputeOptions {
+    /// Sets the thread count; a bad --threads is a one-line error.
+    @discardableResult
+    func applyOrExit() throws -> Int {
+        do { return try apply() } catch { throw fail("\(error)") }
     }
 }
 
 /// One-line errors on stderr and a non-zero exit, the same for every command.
 func fail(_ message: String) -> ExitCode {
-    FileHandle.standardError.write(Data("gpt2-dist: error: \(message)\n".utf8))
+    Console.error("gpt2-dist: error: \(message)")
     return ExitCode(1)
 }
 

@@ -29,7 +29,7 @@ struct Generate: ParsableCommand {
     @OptionGroup var compute: ComputeOptions
 
     func run() throws {
-        _ = compute.apply()
+        _ = try compute.applyOrExit()
         try runOrFail {
             let (model, _) = try ModelFile.load(path: checkpointPath(checkpoint))
             let cfg = model.config
@@ -50,14 +50,15 @@ struct Generate: ParsableCommand {
             default:
                 throw TrainError("give exactly one of --prompt or --prompt-tokens")
             }
-            guard !ids.isEmpty else { throw TrainError("the prompt is empty") }
+            guard !ids.isEmpty else {
+                throw TrainError("the prompt is empty (give some text, or --prompt-tokens \(GPT2Tokenizer.endOfText) for an unconditional sample)")
+            }
             if let bad = ids.first(where: { $0 < 0 || $0 >= cfg.vocabSize }) {
                 throw TrainError("prompt token id \(bad) is out of range for vocab_size \(cfg.vocabSize)")
             }
-            guard maxNewTokens >= 0 else { throw TrainError("--max-new-tokens must be non-negative") }
-            guard ids.count + maxNewTokens <= cfg.contextLength else {
-                throw TrainError("prompt (\(ids.count) tokens) + --max-new-tokens \(maxNewTokens) exceeds context_length \(cfg.contextLength)")
-            }
+            guard maxNewTokens >= 0 else { throw TrainError("--max-new-tokens must be 0 or more, got \(maxNewTokens)") }
+            guard temperature.isFinite, temperature >= 0 else { throw TrainError("--temperature must be a finite number >= 0, got \(temperature)") }
+            guard topK >= 0 else { throw TrainError("--top-k must be 0 or more, got \(topK)") }
             let gen = GPT2Generator(model: model)
             let t0 = Runtime.now()
             let out = gen.generate(prompt: ids, count: maxNewTokens, temperature: temperature, topK: topK, seed: seed)
@@ -69,8 +70,8 @@ struct Generate: ParsableCommand {
             } else {
                 print((ids + out).map(String.init).joined(separator: ","))
             }
-            FileHandle.standardError.write(Data(String(format: "[%d tokens in %.2f s, %.1f tok/s; %@]\n", out.count, dt,
-                                                       Double(out.count) / max(dt, 1e-9), Runtime.blasDescription).utf8))
+            Console.error(String(format: "[%d tokens in %.2f s, %.1f tok/s; %@]", out.count, dt,
+                                 Double(out.count) / max(dt, 1e-9), Runtime.blasDescription))
         }
     }
 }

@@ -45,9 +45,9 @@ struct Eval: ParsableCommand {
     func run() throws {
         let comm = Communicator.initialize()
         defer { comm.finalize() }
-        _ = compute.apply()
+        _ = try compute.applyOrExit()
         try runOrFail {
-            guard batches > 0 else { throw TrainError("--batches must be positive") }
+            guard batches > 0 else { throw TrainError("--batches must be a positive integer, got \(batches)") }
             guard batchSize > 0, batchSize % comm.size == 0 else {
                 throw TrainError("--batch-size \(batchSize) is not divisible by the number of ranks (\(comm.size))")
             }
@@ -108,10 +108,14 @@ struct Info: ParsableCommand {
     func run() throws {
         try runOrFail {
             let cfg = config.hasSuffix(".h5") ? try TrainCheckpoint.readConfig(path: config) : try GPT2Config.load(path: config)
-            guard ranks > 0, batchSize > 0, batchSize % ranks == 0 else {
-                throw TrainError("--batch-size \(batchSize) is not divisible by --ranks \(ranks)")
-            }
+            guard ranks > 0 else { throw TrainError("--ranks must be a positive integer, got \(ranks)") }
+            guard batchSize > 0 else { throw TrainError("--batch-size must be a positive integer, got \(batchSize)") }
+            guard batchSize % ranks == 0 else { throw TrainError("--batch-size \(batchSize) is not divisible by --ranks \(ranks)") }
             let micro = microBatchSize ?? batchSize / ranks
+            guard micro > 0, batchSize % (micro * ranks) == 0 else {
+                throw TrainError("--micro-batch-size must be a positive divisor of batch-size / ranks (\(batchSize / ranks)), got \(micro)")
+            }
+            guard zero == 0 || zero == 1 else { throw TrainError("--zero must be 0 or 1, got \(zero)") }
             let T = seqLen ?? cfg.contextLength
             guard T > 0, T <= cfg.contextLength else { throw TrainError("--seq-len must be in 1...\(cfg.contextLength)") }
             let mem = MemoryEstimate(config: cfg, microBatch: micro, seqLen: T, ranks: ranks, zero: zero == 1, recompute: recompute)

@@ -32,6 +32,15 @@ struct Plan: ParsableCommand {
 
     func run() throws {
         try runOrFail {
+            for (flag, v) in [("ranks-per-node", ranksPerNode), ("threads-per-rank", threadsPerRank), ("micro-batch", microBatch),
+                              ("accumulation", accumulation), ("seq-len", seqLen)] + nodes.map({ ("nodes", $0) }) where v <= 0 {
+                throw TrainError("--\(flag) must be a positive integer, got \(v)")
+            }
+            for (flag, v) in [("gflops-per-rank", gflopsPerRank), ("memory-gbps", memoryGbps), ("shared-memory-gbps", sharedMemoryGbps),
+                              ("network-gbps", networkGbps)] where !(v.isFinite && v > 0) {
+                throw TrainError("--\(flag) must be a finite number > 0, got \(v)")
+            }
+            guard latencyUs.isFinite, latencyUs >= 0 else { throw TrainError("--latency-us must be a finite number >= 0, got \(latencyUs)") }
             var rate = gflopsPerRank * 1e9
             if measure {
                 Runtime.setThreads(threadsPerRank)

@@ -21,7 +21,7 @@ struct Prepare: ParsableCommand {
     @OptionGroup var compute: ComputeOptions
 
     func run() throws {
-        let threads = compute.apply()
+        let threads = try compute.applyOrExit()
         try runOrFail {
             var p = DatasetPreparer(inputs: text, outDirectory: out)
             p.valFraction = valFraction; p.shardTokens = shardTokens; p.lossy = lossy; p.threads = threads

@@ -42,6 +42,7 @@ public final class MetricsLog {
     }
 
     private var pending: [[String: Double]] = []
+    public var pendingRows: Int { pending.count }
 
     /// Appends a row. If the file cannot be opened right now (another program holds HDF5's lock on it), the row
     /// is kept and written with the next one: a busy metrics file never stops training. Returns a warning then.

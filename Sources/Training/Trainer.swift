@@ -391,6 +391,9 @@ public final class Trainer {
         var rss = [Double](repeating: 0, count: comm.size)
         rss[comm.rank] = Double(Runtime.peakRSS)
         comm.allReduceSum(&rss)
+        if comm.isRoot, let m = s.metrics, m.pendingRows > 0 {
+            log("  warning: \(m.pendingRows) metrics row(s) not written: \(m.path) stayed busy (locked by a reader)")
+        }
         if comm.isRoot {
             log(String(format: "done: %d steps in %@; peak RSS per rank: %@", s.step - s.firstStep, Runtime.formatDuration(Runtime.now() - s.started),
                        rss.map { Runtime.formatBytes($0) }.joined(separator: ", ")))

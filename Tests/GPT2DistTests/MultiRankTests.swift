@@ -4,15 +4,16 @@ import GPT2
 import Testing
 import Training
 
-/// Runs the gpt2-dist binary built beside this test bundle, under mpirun when ranks > 0.
+/// Runs the release binary, the one users run (Launch/test builds it first; $GPT2DIST_BINARY overrides it),
+/// under mpirun when ranks > 0.
 struct CLI {
     static let binary: String = {
-        let dir = URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent()
-        for candidate in [dir, dir.deletingLastPathComponent()] {
-            let p = candidate.appendingPathComponent("gpt2-dist").path
-            if FileManager.default.isExecutableFile(atPath: p) { return p }
+        if let b = ProcessInfo.processInfo.environment["GPT2DIST_BINARY"], !b.isEmpty { return b }
+        let release = repoRoot + "/.build/release/gpt2-dist"
+        if !FileManager.default.isExecutableFile(atPath: release) {
+            Issue.record("no release binary at \(release): run the tests through Launch/test (it builds it)")
         }
-        return repoRoot + "/.build/debug/gpt2-dist"
+        return release
     }()
 
     struct Result { var status: Int32; var stdout: String; var stderr: String }
@@ -271,6 +272,9 @@ func expectClose(_ a: [Double], _ b: [Double], rel: Double, _ what: String, sour
         let again = try CLI.run(ranks: 1, trainArgs(config: cfg, out: out, steps: 6, extra: ["--resume"]))
         #expect(again.status == 0, "\(again.stderr)")
         #expect(again.stdout.contains("resumed from \(good) at step 4"))
+        // The killed run's temporary file is removed, and the user is told.
+        #expect(!FileManager.default.fileExists(atPath: out + "/.ckpt-00000008.h5.tmp-123"))
+        #expect(again.stdout.contains("removed \(out)/.ckpt-00000008.h5.tmp-123"), "\(again.stdout)")
     }
 
     @Test func killDuringTrainingNeverLeavesAnUnreadableNewestCheckpoint() throws {

@@ -13,7 +13,7 @@ struct TrainingParityTests {
         let dir = tmpDir("parity")
         let initial = try HuggingFace.load(directory: fixtures + "/tiny-gpt2/hf")
         try ModelFile.save(model: initial, step: 0, to: dir + "/init.h5")
-        var o = TrainOptions()
+        var o = try TrainOptions.parsing([])
         o.initFrom = dir + "/init.h5"
         o.data = fixtures + "/tiny-gpt2/tokens.bin"
         o.out = dir + "/run"
@@ -22,7 +22,7 @@ struct TrainingParityTests {
         o.weightDecay = 0.1; o.beta1 = 0.9; o.beta2 = 0.95; o.eps = 1e-8; o.gradClip = 1.0
         try Trainer(options: o, comm: .initialize(), log: { _ in }).run()
 
-        let m = try MetricsLog.read(path: o.out + "/metrics.h5")
+        let m = try MetricsLog.read(path: o.out! + "/metrics.h5")
         let losses = try expected.floats("train.losses"), norms = try expected.floats("train.grad_norms")
         #expect(m["train_loss"]!.count == 10)
         for i in 0..<10 {
@@ -30,7 +30,7 @@ struct TrainingParityTests {
             #expect(abs(l - Double(losses[i])) / Double(losses[i]) < 1e-4, "step \(i + 1): loss \(l) vs PyTorch \(losses[i])")
             #expect(abs(n - Double(norms[i])) / Double(norms[i]) < 1e-4, "step \(i + 1): grad norm \(n) vs PyTorch \(norms[i])")
         }
-        let (trained, step) = try ModelFile.load(path: o.out + "/" + TrainCheckpoint.fileName(step: 10))
+        let (trained, step) = try ModelFile.load(path: o.out! + "/" + TrainCheckpoint.fileName(step: 10))
         #expect(step == 10)
         for e in trained.parameters.layout.entries {
             let name = e.name == "wte" || e.name == "wpe" ? e.name + ".weight" : e.name

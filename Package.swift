@@ -2,11 +2,11 @@
 // gpt2-dist: data-parallel GPT-2 training over MPI, on a BLAS-backed autograd core.
 import PackageDescription
 
-// Release builds are what people train with; the numeric kernels need the optimizer and
-// exclusive-access checks off in their inner loops (bounds are checked where buffers are made).
-// Debug builds optimise too: the test suite trains real (small) models through the debug binary.
+// Release builds are what people train with, and what the multi-rank, fault and CLI tests run: -O keeps every
+// precondition (-Ounchecked measured the same within noise: 124M, 8x128, 2 threads, six paired rounds, mean
+// ratio 1.00). Debug builds optimise too: the in-process tests train real (small) models.
 let fast: [SwiftSetting] = [
-    .unsafeFlags(["-Ounchecked"], .when(configuration: .release)),
+    .unsafeFlags(["-O"], .when(configuration: .release)),
     .unsafeFlags(["-O"], .when(configuration: .debug)),
 ]
 

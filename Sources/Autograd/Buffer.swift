@@ -26,8 +26,9 @@ public final class FloatBuffer: @unchecked Sendable {
     }
 
     public init(count: Int) {
+        precondition(count >= 0, "negative buffer size")
         let (bytes, overflow) = max(count, 1).multipliedReportingOverflow(by: MemoryLayout<Float>.stride)
-        if count < 0 || overflow { Self.outOfMemory(overflow ? Int.max : 0) }
+        if overflow { Self.outOfMemory(Int.max) }
         Thread.current.threadDictionary["gpt2dist.floatBuffers"] = Self.allocationsOnThisThread + 1
         if bytes >= 1 << 20 {
             guard let raw = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),

@@ -101,7 +101,7 @@ public enum AtomicFile {
             let url = URL(fileURLWithPath: path)
             self.path = path
             directory = url.deletingLastPathComponent().path
-            temporaryPath = directory + "/." + url.lastPathComponent + ".tmp-\(getpid())"
+            temporaryPath = directory + "/." + url.lastPathComponent + AtomicFile.temporarySuffix + "\(getpid())"
             try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
             guard access(directory, W_OK) == 0 else { throw FileFormatError("cannot write to directory \(directory)") }
         }
@@ -130,6 +130,24 @@ public enum AtomicFile {
             throw error
         }
         try pending.commit()
+    }
+
+    /// Temporary files are named `.NAME.tmp-PID` (PID: the writing process).
+    static let temporarySuffix = ".tmp-"
+
+    /// Removes the temporary files in `directory` whose final name satisfies `isOurs` and whose writing process is
+    /// gone (killed while writing); returns their paths. Files of a live writer are left alone.
+    public static func removeAbandoned(directory: String, isOurs: (String) -> Bool) -> [String] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
+        var removed: [String] = []
+        for name in names where name.hasPrefix(".") {
+            guard let cut = name.range(of: temporarySuffix, options: .backwards),
+                  let pid = Int32(name[cut.upperBound...]), isOurs(String(name[name.index(after: name.startIndex)..<cut.lowerBound]))
+            else { continue }
+            if pid == getpid() || kill(pid, 0) == 0 || errno == EPERM { continue }  // still being written
+            if unlink(directory + "/" + name) == 0 { removed.append(directory + "/" + name) }
+        }
+        return removed
     }
 
     /// Bytes free for this user in the filesystem holding `directory` (nil when unknown).

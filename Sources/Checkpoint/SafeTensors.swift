@@ -145,16 +145,5 @@ public struct SafeTensorsFile {
         for t in tensors { try put(t.data, t.shape.reduce(1, *) * 4) }
     }
 
-    static func jsonString(_ s: String) -> String {
-        var r = "\""
-        for u in s.unicodeScalars {
-            switch u {
-            case "\"": r += "\\\""
-            case "\\": r += "\\\\"
-            case _ where u.value < 0x20: r += String(format: "\\u%04x", u.value)
-            default: r.unicodeScalars.append(u)
-            }
-        }
-        return r + "\""
-    }
+    static func jsonString(_ s: String) -> String { JSONValue.string(s).json }
 }

@@ -27,14 +27,11 @@ public struct GPT2Config: Equatable, Sendable, Codable {
     public var headSize: Int { embDim / nHeads }
 
     public func validate() throws {
-        for (key, value) in [("vocab_size", vocabSize), ("context_length", contextLength), ("emb_dim", embDim),
-                             ("n_heads", nHeads), ("n_layers", nLayers)] where value <= 0 {
-            throw ConfigError("\(key) must be a positive integer, got \(value)")
-        }
-        // Far beyond any GPT-2, and small enough that no size computed from them overflows.
+        // Limits far beyond any GPT-2, and small enough that no size computed from them overflows.
         for (key, value, limit) in [("vocab_size", vocabSize, 1 << 22), ("context_length", contextLength, 1 << 20),
-                                    ("emb_dim", embDim, 1 << 16), ("n_layers", nLayers, 1 << 12)] where value > limit {
-            throw ConfigError("\(key) \(value) is larger than gpt2-dist supports (\(limit))")
+                                    ("emb_dim", embDim, 1 << 16), ("n_heads", nHeads, 1 << 16), ("n_layers", nLayers, 1 << 12)] {
+            if value <= 0 { throw ConfigError("\(key) must be a positive integer, got \(value)") }
+            if value > limit { throw ConfigError("\(key) \(value) is larger than gpt2-dist supports (\(limit))") }
         }
         if embDim % nHeads != 0 {
             throw ConfigError("emb_dim (\(embDim)) must be divisible by n_heads (\(nHeads))")

@@ -100,8 +100,11 @@ public final class GPT2Generator {
     public func generate(prompt: [Int], count: Int, temperature: Float = 0, topK: Int = 0, seed: UInt64 = 0,
                          onToken: ((Int) -> Void)? = nil) -> [Int] {
         var window = Array(prompt.suffix(cfg.contextLength))
-        reset()
-        for t in window { append(token: t) }
+        func prefill() {
+            reset()
+            for t in window { append(token: t) }
+        }
+        prefill()
         var out: [Int] = []
         let key = CounterRandom.key(seed, 0x6E6E)
         for i in 0..<count {
@@ -109,13 +112,12 @@ public final class GPT2Generator {
             out.append(next)
             onToken?(next)
             if i == count - 1 { break }
+            window.append(next)
             if length < cfg.contextLength {
-                window.append(next)
                 append(token: next)
             } else {
-                window = Array((window + [next]).suffix(cfg.contextLength))
-                reset()
-                for t in window { append(token: t) }
+                window.removeFirst(window.count - cfg.contextLength)
+                prefill()
             }
         }
         return out

@@ -39,9 +39,6 @@ public enum JSONValue: Decodable, Equatable, Sendable, CustomStringConvertible {
                 switch u {
                 case "\"": out += "\\\""
                 case "\\": out += "\\\\"
-                case "\n": out += "\\n"
-                case "\r": out += "\\r"
-                case "\t": out += "\\t"
                 case _ where u.value < 0x20: out += String(format: "\\u%04x", u.value)
                 default: out.unicodeScalars.append(u)
                 }

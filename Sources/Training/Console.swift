@@ -3,7 +3,7 @@ import Foundation
 /// Progress and error lines that never block the caller. Once mpirun has been signalled it stops reading its
 /// ranks' output; a rank that writes into the full pipe would block in write() and never reach its checkpoint.
 /// So lines go to a bounded queue that a writer thread drains; when the reader is gone and the queue is full,
-/// new lines are dropped (and counted) instead of stalling training.
+/// new lines are dropped instead of stalling training.
 public enum Console {
     static let out = LineWriter(fd: STDOUT_FILENO)
     static let err = LineWriter(fd: STDERR_FILENO)
@@ -13,9 +13,6 @@ public enum Console {
 
     /// An error or warning line on stderr.
     public static func error(_ text: String) { err.write(text + "\n") }
-
-    /// Lines dropped so far because nobody was reading.
-    public static var dropped: Int { out.dropped + err.dropped }
 
     /// Waits up to `timeout` seconds for queued lines to be written (at exit; a gone reader must not hold it up).
     public static func flush(timeout: Double = 0.5) {
@@ -37,7 +34,6 @@ final class LineWriter: @unchecked Sendable {
     private var queue: [UInt8] = []
     private var writing = false
     private var started = false
-    private(set) var dropped = 0
 
     init(fd: Int32) { self.fd = fd }
 
@@ -51,7 +47,7 @@ final class LineWriter: @unchecked Sendable {
             t.name = "gpt2-dist-console"
             t.start()
         }
-        guard queue.count + bytes.count <= Self.capacity else { dropped += 1; return }
+        guard queue.count + bytes.count <= Self.capacity else { return }  // nobody is reading: drop the line
         queue += bytes
         lock.broadcast()
     }

@@ -79,7 +79,7 @@ public struct TrainOptions: ParsableArguments {
 
     /// Options that say where a run starts, not how it trains: never taken from a checkpoint's stored settings.
     /// (`threads` describes the machine, not the run.)
-    static let notRestored: Set<String> = ["run-config", "config", "init", "init-from", "resume", "threads"]
+    static let notRestored: Set<String> = ["run-config", "config", "init-from", "resume", "threads"]
 
     // MARK: layering
 

@@ -37,7 +37,7 @@ public enum TrainCheckpoint {
             pending = try AtomicFile.Pending(path)
             // Fail before writing anything when the checkpoint cannot fit (a full disk half way through is still
             // handled, but leaves HDF5 less to clean up).
-            let need = 3 * 4 * model.parameters.count + (64 << 10)
+            let need = TrainCheckpoint.minimumBytes(parameterCount: model.parameters.count)
             if let free = AtomicFile.freeBytes(directory: pending.directory), free < need {
                 throw TrainError("not enough space for \(path): it needs \(Runtime.formatBytes(Double(need))), "
                     + "\(Runtime.formatBytes(Double(free))) free (free some space, then --resume)")
@@ -123,14 +123,31 @@ public enum TrainCheckpoint {
             try ModelFile.readTensors(file, group: "/optimizer/\(group)", layout: single, into: out)
         }
 
+        /// Reads every optimizer tensor once (the parameters were read, and so checked, by `init`): each dataset's
+        /// checksum is verified before any of it is used, so a damaged file can still be passed over.
+        public func verifyOptimizerState(layout: ParameterLayout) throws {
+            let scratch = FloatBuffer(count: layout.entries.map(\.count).max() ?? 1)
+            for group in ["m", "v"] {
+                for e in layout.entries { try read(group, e, into: scratch.pointer) }
+            }
+        }
+
         public func close() { file.close() }
+    }
+
+    /// The value of a bare `--resume`: the newest complete checkpoint in --out, falling back to older ones.
+    public static let newestInOut = "latest"
+
+    /// The checkpoints `--resume VALUE` may start from, in the order to try them: every complete one in `out` for
+    /// a bare --resume, else the named file alone.
+    public static func resumeCandidates(_ value: String, out: String?) -> [String] {
+        value == newestInOut ? out.map { completeCheckpoints(directory: $0) } ?? [] : [value]
     }
 
     /// The stored settings (run_config JSON) of the checkpoint `--resume VALUE` would start from: nil when there
     /// is none yet (the trainer then reports the missing checkpoint itself) or it has no stored settings.
     public static func storedRunConfig(resume: String, out: String?) throws -> String? {
-        let path = resume == "latest" ? out.flatMap { completeCheckpoints(directory: $0).first } : resume
-        guard let path, let f = try? HDF5File.open(path) else { return nil }
+        guard let path = resumeCandidates(resume, out: out).first, let f = try? HDF5File.open(path) else { return nil }
         defer { f.close() }
         guard f.hasAttribute("/", "run_config") else { return nil }
         return try f.stringAttribute("/", "run_config")
@@ -171,7 +188,8 @@ public enum TrainCheckpoint {
 
     public static func newestComplete(directory: String) -> String? { completeCheckpoints(directory: directory).first }
 
-    static func latestName(directory: String) -> String? {
+    /// The file name `directory/latest` points to, if it names one.
+    public static func latestName(directory: String) -> String? {
         guard let name = try? String(contentsOfFile: directory + "/latest", encoding: .utf8) else { return nil }
         let trimmed = name.trimmingCharacters(in: .whitespacesAndNewlines)
         return trimmed.isEmpty || trimmed.contains("/") ? nil : trimmed
@@ -202,34 +220,14 @@ public enum TrainCheckpoint {
         }
     }
 
-    /// Reads every tensor of a checkpoint back, so each dataset's checksum is verified (and nothing non-finite).
-    public static func verify(path: String, model: GPT2Model) throws {
-        let f = try HDF5File.open(path)
-        defer { f.close() }
-        guard try ModelFile.readConfig(f) == model.config else { throw TrainError("\(path): model config differs") }
-        let largest = model.parameters.layout.entries.map(\.count).max() ?? 1
-        let scratch = FloatBuffer(count: largest)
-        for group in ["/params", "/optimizer/m", "/optimizer/v"] {
-            for e in model.parameters.layout.entries {
-                var single = ParameterLayout()
-                single.append(e.name, e.shape)
-                try ModelFile.readTensors(f, group: group, layout: single, into: scratch.pointer)
-            }
-        }
+    /// Removes the temporary checkpoint files of runs killed while writing one; returns their paths.
+    public static func removeStaleTemporaries(directory: String) -> [String] {
+        AtomicFile.removeAbandoned(directory: directory) { $0.hasPrefix("ckpt-") && $0.hasSuffix(".h5") }
     }
 
-    /// Removes `.ckpt-*.h5.tmp-PID` files whose writer is no longer running (a run killed while checkpointing);
-    /// returns their names.
-    public static func removeStaleTemporaries(directory: String) -> [String] {
-        let names = (try? FileManager.default.contentsOfDirectory(atPath: directory)) ?? []
-        var removed: [String] = []
-        for name in names where name.hasPrefix(".ckpt-") && name.contains(".h5.tmp-") {
-            guard let pid = Int32(name.split(separator: "-").last ?? "") else { continue }
-            if pid == getpid() || (kill(pid, 0) == 0 || errno == EPERM) { continue }  // still being written
-            if unlink(directory + "/" + name) == 0 { removed.append(directory + "/" + name) }
-        }
-        return removed
-    }
+    /// Free space a checkpoint of `parameterCount` parameters needs at least: parameters, AdamW m and v as float32,
+    /// plus room for HDF5's metadata (the writer checks this before it starts).
+    public static func minimumBytes(parameterCount: Int) -> Int { 3 * 4 * parameterCount + (64 << 10) }
 
     /// Points `latest` at the new checkpoint, then deletes all but the `keep` most recently written. The new
     /// checkpoint (which `latest` now names) is never deleted, whatever its step.

@@ -70,11 +70,8 @@ public final class Trainer {
         guard o.resume == nil || o.initFrom == nil else { throw TrainError("--resume and --init cannot be combined") }
 
         // Resume: an explicit file, or every complete checkpoint in --out, newest first (a damaged one falls back).
-        var candidates: [String] = []
-        if let r = o.resume {
-            candidates = r == "latest" ? TrainCheckpoint.completeCheckpoints(directory: out) : [r]
-            guard !candidates.isEmpty else { throw TrainError("--resume: no complete checkpoint in \(out)") }
-        }
+        let candidates = o.resume.map { TrainCheckpoint.resumeCandidates($0, out: out) } ?? []
+        guard o.resume == nil || !candidates.isEmpty else { throw TrainError("--resume: no complete checkpoint in \(out)") }
 
         var config: GPT2Config?
         if let path = o.config { config = try GPT2Config.load(path: path) }
@@ -206,16 +203,18 @@ public final class Trainer {
     }
 
     /// The first candidate whose every dataset reads back with a valid checksum; each one skipped is reported.
+    /// Only a bare --resume falls back: a file the user named is used or refused.
     func openVerifiedCheckpoint(_ candidates: [String], model: GPT2Model) throws -> TrainCheckpoint.Reader {
         var problems: [String] = []
         for path in candidates {
             do {
-                try TrainCheckpoint.verify(path: path, model: model)
-                if let damaged = problems.last { log("  warning: \(damaged); resuming from \(path) instead") }
-                return try TrainCheckpoint.Reader(path: path, model: model)
+                let reader = try TrainCheckpoint.Reader(path: path, model: model)  // reads (and checks) the parameters
+                try reader.verifyOptimizerState(layout: model.parameters.layout)
+                for damaged in problems { log("  warning: \(damaged); resuming from \(path) instead") }
+                return reader
             } catch {
                 problems.append("\(path) is unusable (\(error))")
-                if o.resume != "latest" { throw error }
+                if o.resume != TrainCheckpoint.newestInOut { throw error }
             }
         }
         throw TrainError("--resume: no usable checkpoint in \(o.out!): " + problems.joined(separator: "; "))

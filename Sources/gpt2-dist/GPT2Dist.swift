@@ -19,7 +19,7 @@ struct GPT2Dist: ParsableCommand {
                       ImportHF.self, ExportHF.self, Plan.self, BenchComm.self, BenchTokenizer.self]
     )
 
-    /// `--resume` may stand alone (newest checkpoint in --out): give it the value "latest" for the parser.
+    /// `--resume` may stand alone (newest checkpoint in --out): give it that value for the parser.
     /// `--steps -1` reaches our range checks as `--steps=-1` (the parser would take -1 for an option name).
     static func normalize(_ args: [String]) -> [String] {
         var out: [String] = []
@@ -32,7 +32,7 @@ struct GPT2Dist: ParsableCommand {
                 continue
             }
             out.append(a)
-            if a == "--resume" && (next == nil || next!.hasPrefix("-")) { out.append("latest") }
+            if a == "--resume" && (next == nil || next!.hasPrefix("-")) { out.append(TrainCheckpoint.newestInOut) }
             i += 1
         }
         return out

@@ -15,8 +15,9 @@ func checkpointPath(_ spec: String) throws -> String {
         guard let p = TrainCheckpoint.newestComplete(directory: spec) else { throw TrainError("no complete checkpoint in \(spec)") }
         return p
     }
-    if URL(fileURLWithPath: spec).lastPathComponent == "latest", let name = try? String(contentsOfFile: spec, encoding: .utf8) {
-        return URL(fileURLWithPath: spec).deletingLastPathComponent().path + "/" + name.trimmingCharacters(in: .whitespacesAndNewlines)
+    let url = URL(fileURLWithPath: spec), directory = url.deletingLastPathComponent().path
+    if url.lastPathComponent == "latest", let name = TrainCheckpoint.latestName(directory: directory) {
+        return directory + "/" + name
     }
     return spec
 }

@@ -37,14 +37,13 @@ struct Train: ParsableCommand {
         let comm = Communicator.initialize()
         do {
             let o = try TrainOptions.resolve(commandLine: Train.commandLine, storedSettings: TrainCheckpoint.storedRunConfig)
-            try o.checkValues()
-            Runtime.setThreads(o.compute.threads ?? Runtime.defaultThreads(localRanks: Runtime.localRanks))
+            try o.compute.apply()  // the trainer checks every other value itself (agreed across ranks)
             try Trainer(options: o, comm: comm).run()
         } catch {
             // Every rank reaches here with the agreed (or identical) error; rank 0 reports it once.
-            if comm.isRoot { Console.error("gpt2-dist: error: \(error)") }
+            let exit = comm.isRoot ? fail("\(error)") : ExitCode(1)
             comm.finalize()
-            throw ExitCode(1)
+            throw exit
         }
         comm.finalize()
     }

@@ -16,8 +16,7 @@ do {
     if GPT2Dist.exitCode(for: error) == .validationFailure {
         let message = GPT2Dist.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
         let command = arguments.first.map { $0.hasPrefix("-") ? "" : " " + $0 } ?? ""
-        Console.error("gpt2-dist: error: \(message) (see gpt2-dist\(command) --help)")
-        exit(1)
+        GPT2Dist.exit(withError: fail("\(message) (see gpt2-dist\(command) --help)"))
     }
     GPT2Dist.exit(withError: error)
 }

@@ -134,7 +134,7 @@ import Testing
         #expect(try CLI.run(trainArgs(config: cfg, out: dir + "/probe", steps: 1)).status == 0)
         let ckptSize = try FileManager.default.attributesOfItem(atPath: dir + "/probe/" + TrainCheckpoint.fileName(step: 1))[.size] as! Int
         let params = GPT2Model(config: try GPT2Config.load(path: cfg)).parameters.count
-        let precheck = 3 * 4 * params + (64 << 10)
+        let precheck = TrainCheckpoint.minimumBytes(parameterCount: params)
         // Room for the first checkpoint and the metrics, then free space between the pre-check and the real size.
         let sizeKB = (ckptSize + 64 << 10 + (precheck + ckptSize) / 2) / 1024
         let mnt = dir + "/full"

@@ -8,7 +8,7 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure forward+backward speed: ms/step, tokens/s, GFLOP/s, MFU, peak RSS.",
         discussion: """
-        FLOPs per token are 6N + 12·L·C·T (nanoGPT's count). MFU is against the sgemm rate measured here at the
+        FLOPs per token are 6N + 12·L·C·T (nanoGPT's count). MFU is against the sgemm rate measured here at the \
         same thread count (GPT-2-like shapes, best of several runs). Random weights; the first step is warm-up.
           gpt2-dist bench --config Configs/gpt2-124M.json --batch-size 8 --seq-len 128 --steps 5 --threads 2
         """

@@ -9,8 +9,8 @@ struct BenchComm: ParsableCommand {
         commandName: "bench-comm",
         abstract: "Measure gradient all-reduce: one MPI_Allreduce vs ~25 MB buckets (run under mpirun).",
         discussion: """
-        Sums --floats floats (default: GPT-2 124M's parameter count) over all ranks, best of --repeats:
-        one plain MPI_Allreduce call, the same buffer in --bucket-mb buckets on the calling thread, and the
+        Sums --floats floats (default: GPT-2 124M's parameter count) over all ranks, best of --repeats: \
+        one plain MPI_Allreduce call, the same buffer in --bucket-mb buckets on the calling thread, and the \
         buckets handed to the communication thread that training uses to overlap backward.
           mpirun -np 2 gpt2-dist bench-comm
         """

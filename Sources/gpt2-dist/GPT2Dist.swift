@@ -7,7 +7,7 @@ struct GPT2Dist: ParsableCommand {
         commandName: "gpt2-dist",
         abstract: "Data-parallel GPT-2 training over MPI on CPU clusters.",
         discussion: """
-        Launch training with `mpirun -np N gpt2-dist train ...` (or run it alone as one rank).
+        Launch training with `mpirun -np N gpt2-dist train ...` (or run it alone as one rank). \
         Every command prints the OpenBLAS kernel and thread count it runs with.
 
         Typical flow:

@@ -10,7 +10,7 @@ struct Generate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Continue a prompt with a checkpoint (KV-cached decoding).",
         discussion: """
-        Greedy at --temperature 0, else sampled from softmax(logits / temperature) over the --top-k most
+        Greedy at --temperature 0, else sampled from softmax(logits / temperature) over the --top-k most \
         likely tokens (0 = all), reproducibly for a --seed. Text prompts use GPT-2's BPE (--vocab).
           gpt2-dist generate --checkpoint runs/demo --prompt "ROMEO:" --max-new-tokens 100
           gpt2-dist generate --checkpoint gpt2.h5 --prompt-tokens 6109,3626,6100,345 --temperature 0 --tokens

@@ -26,8 +26,8 @@ struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Mean next-token cross-entropy of a checkpoint on a token file.",
         discussion: """
-        Uses the batch order of training: batch s starts at token (s mod M)*B*T, M = floor((tokens-1)/(B*T)),
-        for s = 0 ..< --batches. Runs alone or under mpirun (rows split over ranks). --text tokenizes a UTF-8
+        Uses the batch order of training: batch s starts at token (s mod M)*B*T, M = floor((tokens-1)/(B*T)), \
+        for s = 0 ..< --batches. Runs alone or under mpirun (rows split over ranks). --text tokenizes a UTF-8 \
         file with GPT-2's BPE first (one document, preceded by <|endoftext|>, as prepare does).
           gpt2-dist eval --checkpoint runs/demo --data data/shakespeare/val_000000.bin --batch-size 8 --seq-len 128 --batches 10
           gpt2-dist eval --checkpoint runs/demo --text some.txt --batch-size 4 --seq-len 128 --batches 5 --json
@@ -92,7 +92,7 @@ struct Info: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Parameter count and per-rank memory for a model config.",
         discussion: """
-        Memory per rank: parameters (4 B each), gradients (4 B), AdamW m and v (8 B, or 8/N with --zero 1),
+        Memory per rank: parameters (4 B each), gradients (4 B), AdamW m and v (8 B, or 8/N with --zero 1), \
         and activations for one micro-batch, counted by building the training graph (no memory is touched).
           gpt2-dist info --config Configs/gpt2-124M.json --batch-size 8 --seq-len 1024 --ranks 8
         """
@@ -158,7 +158,7 @@ struct ImportHF: ParsableCommand {
         commandName: "import-hf",
         abstract: "Convert a Hugging Face GPT-2 directory (config.json + model.safetensors) to a gpt2-dist checkpoint.",
         discussion: """
-        Tensors are found by name (with or without the "transformer." prefix); lm_head.weight may be absent (tied).
+        Tensors are found by name (with or without the "transformer." prefix); lm_head.weight may be absent (tied). \
         Works for gpt2, gpt2-medium, gpt2-large and gpt2-xl as saved by save_pretrained.
           gpt2-dist import-hf --from ./gpt2 --out gpt2-124M.h5
         """

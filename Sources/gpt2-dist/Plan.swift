@@ -7,8 +7,8 @@ struct Plan: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Project step time, tokens/s, scaling efficiency and memory per rank on 8-256 nodes.",
         discussion: """
-        An analytic model (README, "Scaling model"): step = compute + exposed all-reduce + optimizer.
-        Compute uses a per-rank FLOP rate (default: measured here with --measure, else --gflops-per-rank);
+        An analytic model (README, "Scaling model"): step = compute + exposed all-reduce + optimizer. \
+        Compute uses a per-rank FLOP rate (default: measured here with --measure, else --gflops-per-rank); \
         the all-reduce is a ring inside each node (shared memory) and a ring across nodes at --network-gbps.
           gpt2-dist plan --config Configs/gpt2-1558M.json --ranks-per-node 8 --threads-per-rank 4 --network-gbps 100
           gpt2-dist plan --measure --threads-per-rank 2          # all four GPT-2 sizes, calibrated on this machine

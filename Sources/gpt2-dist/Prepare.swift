@@ -6,8 +6,8 @@ struct Prepare: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Tokenize text files into llm.c .bin shards (train_*.bin, val_*.bin).",
         discussion: """
-        Each file is one document, preceded by <|endoftext|> (50256). The last --val-fraction of the tokens
-        becomes val_*.bin, the rest train_*.bin; shards hold at most --shard-tokens tokens (uint16, llm.c format).
+        Each file is one document, preceded by <|endoftext|> (50256). The last --val-fraction of the tokens \
+        becomes val_*.bin, the rest train_*.bin; shards hold at most --shard-tokens tokens (uint16, llm.c format). \
         Train with --data DIR (train_*.bin) and --val DIR (val_*.bin).
           gpt2-dist prepare --text data/corpus/shakespeare_1mb.txt --out data/shakespeare
         """

@@ -19,9 +19,13 @@
 #                     OpenBLAS 0.3.21 mistakes recent Intel CPUs for "Prescott" (SSE3, ~5x slower); gpt2-dist fixes
 #                     this itself by re-executing once, having it in the environment avoids the re-exec.
 #                     Assumes the compute nodes have the CPU of the node this runs on (see "auto" above).
-#   OMPI_MCA_odls_base_sigkill_timeout=60   graceful preemption under mpirun: on SIGTERM, Open MPI 4.1 sends the
-#                     ranks SIGCONT, waits this long, sends SIGTERM, waits this long again, then SIGKILL. gpt2-dist
-#                     needs the second wait to finish its step and write the checkpoint (the default, 1 s, loses it).
+#   OMPI_MCA_odls_base_sigkill_timeout=10 (kept if set)   on SIGTERM, Open MPI 4.1's mpirun sends the ranks
+#                     SIGCONT, waits this long, sends SIGTERM, waits this long again, then SIGKILL; so a rank that
+#                     gets SIGTERM through mpirun has this long to finish its step and checkpoint (Open MPI's
+#                     default, 1 s, loses the checkpoint). Open MPI also sleeps through both waits when a rank fails,
+#                     so a long timeout makes every failed job hang for minutes. Launch/mpirun-cluster stops ranks
+#                     with SIGUSR1 instead (passed on at once, no deadline); this matters when something signals
+#                     mpirun itself (Slurm's scancel, a batch system's preemption) and the checkpoint is big.
 #
 # Defines:
 #   gd_check_oversubscription RANKS_PER_NODE THREADS_PER_RANK
@@ -122,7 +126,7 @@ else
 fi
 
 # --- graceful preemption under mpirun
-export OMPI_MCA_odls_base_sigkill_timeout=60
+export OMPI_MCA_odls_base_sigkill_timeout=${OMPI_MCA_odls_base_sigkill_timeout:-10}
 
 if [[ "${BASH_SOURCE[0]}" == "$0" ]]; then
     gd_env_summary

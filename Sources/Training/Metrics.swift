@@ -66,6 +66,15 @@ public final class MetricsLog {
         }
     }
 
+    /// A run resumed after a crash logs again the steps after its checkpoint: the last value logged for each step,
+    /// in step order, is the run's history.
+    public static func lastPerStep(_ steps: [Double], _ values: [Double]) -> (steps: [Double], values: [Double]) {
+        var byStep: [Double: Double] = [:]
+        for (x, y) in zip(steps, values) { byStep[x] = y }
+        let keys = byStep.keys.sorted()
+        return (keys, keys.map { byStep[$0]! })
+    }
+
     public static func read(path: String) throws -> [String: [Double]] {
         let f = try HDF5File.open(path, locking: false)
         defer { f.close() }
@@ -128,15 +137,8 @@ public enum LossPlot {
     public static func render(runDirectory dir: String) throws -> String {
         let m = try MetricsLog.read(path: dir + "/metrics.h5")
         let name = URL(fileURLWithPath: dir).lastPathComponent
-        // A resumed run logs again the steps after its checkpoint: draw the last value logged for each step.
-        func latest(_ xs: [Double], _ ys: [Double]) -> ([Double], [Double]) {
-            var byStep: [Double: Double] = [:]
-            for (x, y) in zip(xs, ys) { byStep[x] = y }
-            let keys = byStep.keys.sorted()
-            return (keys, keys.map { byStep[$0]! })
-        }
-        let (steps, train) = latest(m["step"] ?? [], m["train_loss"] ?? [])
-        let (valSteps, val) = latest(m["val_step"] ?? [], m["val_loss"] ?? [])
+        let (steps, train) = MetricsLog.lastPerStep(m["step"] ?? [], m["train_loss"] ?? [])
+        let (valSteps, val) = MetricsLog.lastPerStep(m["val_step"] ?? [], m["val_loss"] ?? [])
         let text = svg(steps: steps, train: train, valSteps: valSteps, val: val, title: "gpt2-dist: \(name)")
         let out = dir + "/loss.svg"
         try AtomicFile.write(text: text, to: out)

@@ -215,24 +215,12 @@ import Testing
         let cfg = try writeConfig(dir, dropRate: 0)
         let out = dir + "/run"
         let p = CLI.process(ranks: 2, trainArgs(config: cfg, out: out, steps: 1_000_000))
-        // A child inherits the signal mask of the test's thread, which may block SIGTERM/SIGINT: start mpirun with
-        // an empty mask, as a shell would.
-        p.arguments = ["-c", "import os, signal, sys; signal.pthread_sigmask(signal.SIG_SETMASK, []); os.execvp(sys.argv[1], sys.argv[1:])",
-                       p.executableURL!.path] + (p.arguments ?? [])
-        p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        // Output into a file: the test never stops reading, mpirun does.
-        FileManager.default.createFile(atPath: dir + "/stdout.txt", contents: nil)
-        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: dir + "/stdout.txt"))
-        p.standardOutput = log; p.standardError = log
-        try p.run()
+        try CLI.startAsFromShell(p, logPath: dir + "/stdout.txt")
         let deadline = Date().addingTimeInterval(60)
         while Date() < deadline, ((try? MetricsLog.read(path: out + "/metrics.h5"))?["step"]?.count ?? 0) < 20 { usleep(50_000) }
         sleep(2)  // mpirun acts on signals once the launch has settled (one sent in its first ~0.1 s was lost here)
         kill(p.processIdentifier, sig)
-        let watchdog = DispatchWorkItem { if p.isRunning { kill(p.processIdentifier, SIGKILL) } }
-        DispatchQueue.global().asyncAfter(deadline: .now() + 60, execute: watchdog)
-        p.waitUntilExit()
-        watchdog.cancel()
+        CLI.wait(p, seconds: 60)
         let logged = try MetricsLog.read(path: out + "/metrics.h5")["step"]?.max() ?? 0
         guard let ckpt = TrainCheckpoint.newestComplete(directory: out) else {
             let output = (try? String(contentsOfFile: dir + "/stdout.txt", encoding: .utf8)) ?? ""

@@ -41,6 +41,30 @@ struct CLI {
         return p
     }
 
+    /// Starts `p` as a shell would, with an empty signal mask (a child inherits the mask of the test's thread,
+    /// which may block SIGTERM/SIGINT), its output going to `logPath` (the test never stops reading a file; a
+    /// pipe that nobody drains blocks mpirun).
+    static func startAsFromShell(_ p: Process, logPath: String) throws {
+        p.arguments = ["-c", "import os, signal, sys; signal.pthread_sigmask(signal.SIG_SETMASK, []); os.execvp(sys.argv[1], sys.argv[1:])",
+                       p.executableURL!.path] + (p.arguments ?? [])
+        p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        FileManager.default.createFile(atPath: logPath, contents: nil)
+        let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
+        p.standardOutput = log; p.standardError = log
+        try p.run()
+    }
+
+    /// Waits for `p` at most `seconds`, then SIGKILLs it; returns whether it ended by itself in time.
+    @discardableResult
+    static func wait(_ p: Process, seconds: Double) -> Bool {
+        let deadline = Date().addingTimeInterval(seconds)
+        while p.isRunning && Date() < deadline { usleep(50_000) }
+        guard p.isRunning else { return true }
+        kill(p.processIdentifier, SIGKILL)
+        p.waitUntilExit()
+        return false
+    }
+
     @discardableResult
     static func run(ranks: Int = 0, _ args: [String], timeout: Double = 180) throws -> Result {
         let p = process(ranks: ranks, args)
@@ -72,6 +96,12 @@ func trainArgs(config: String, out: String, steps: Int, extra: [String] = []) ->
 }
 
 func losses(_ out: String) throws -> [Double] { try MetricsLog.read(path: out + "/metrics.h5")["train_loss"] ?? [] }
+
+/// The loss of each step, the last logged for it (a run resumed after a crash logs again the steps after its checkpoint).
+func lossesPerStep(_ out: String) throws -> [Double] {
+    let m = try MetricsLog.read(path: out + "/metrics.h5")
+    return MetricsLog.lastPerStep(m["step"] ?? [], m["train_loss"] ?? []).values
+}
 
 func expectClose(_ a: [Double], _ b: [Double], rel: Double, _ what: String, sourceLocation: SourceLocation = #_sourceLocation) {
     #expect(a.count == b.count, "\(what): \(a.count) vs \(b.count) steps", sourceLocation: sourceLocation)

@@ -107,6 +107,9 @@ public enum Kernels {
 public final class EmbeddingOp: Op {
     let tokens: TokenBuffer, wte: Tensor, wpe: Tensor, out: Tensor
     let batch: Int, seqLen: Int, channels: Int
+    /// When set, backward leaves wte's gradient alone: the caller adds the token rows (out.grad by position,
+    /// token ids in `tokens`) itself, so wte's dense gradient is final as soon as the output head's backward ends.
+    public var defersTokenGradient = false
 
     public init(tokens: TokenBuffer, wte: Tensor, wpe: Tensor, out: Tensor, batch: Int, seqLen: Int) {
         precondition(tokens.count >= batch * seqLen && wpe.shape[0] >= seqLen && out.count == batch * seqLen * wte.shape[1])
@@ -131,14 +134,21 @@ public final class EmbeddingOp: Op {
         // Threads own disjoint channel ranges, so repeated tokens never race.
         let C = channels, T = seqLen, N = batch * seqLen
         let dwte = wte.grad!, dwpe = wpe.grad!, dout = out.grad!
+        let tokenRows = !defersTokenGradient
         Parallel.chunks(C, costPerItem: N) { _, cs in
             for r in 0..<N {
-                let tok = Int(tokens.pointer[r])
-                let d = dout + r * C, ge = dwte + tok * C, gp = dwpe + (r % T) * C
-                for c in cs { ge[c] += d[c]; gp[c] += d[c] }
+                let d = dout + r * C, gp = dwpe + (r % T) * C
+                for c in cs { gp[c] += d[c] }
+                if tokenRows {
+                    let ge = dwte + Int(tokens.pointer[r]) * C
+                    for c in cs { ge[c] += d[c] }
+                }
             }
         }
     }
+
+    /// The gradient by position that a deferred backward left for the caller: [batch·seqLen, channels].
+    public var outputGradient: UnsafePointer<Float> { UnsafePointer(out.grad!) }
 }
 
 // MARK: - LayerNorm over the last dimension (eps 1e-5)

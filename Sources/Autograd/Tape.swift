@@ -26,8 +26,8 @@ public final class Tape {
     public let arena = ActivationArena()
     public let context = StepContext()
     public private(set) var ops: [any Op] = []
-    /// For each op, the lowest flat-parameter offset whose gradient is final once that op's backward has run
-    /// (nil when the op completes no new parameter block). Drives gradient buckets that overlap backward.
+    /// For each op, the gradient region (a caller's index) that is final once that op's backward has run (nil when
+    /// the op completes none). Drives gradient buckets that overlap backward.
     public private(set) var completes: [Int?] = []
 
     /// Ops whose activations are recomputed in backward instead of kept (a transformer block sharing its
@@ -50,9 +50,9 @@ public final class Tape {
         openSegment = nil
     }
 
-    public func record(_ op: any Op, completesParametersFrom offset: Int? = nil) {
+    public func record(_ op: any Op, completesRegion region: Int? = nil) {
         ops.append(op)
-        completes.append(offset)
+        completes.append(region)
     }
 
     /// When set, seconds spent in each op (forward + backward) are added here, indexed like `ops`.
@@ -73,8 +73,8 @@ public final class Tape {
         opSeconds![i] += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
     }
 
-    /// Runs every backward kernel in reverse order. `progress(offset)` is called whenever all parameter
-    /// gradients at flat offsets >= `offset` are final.
+    /// Runs every backward kernel in reverse order. `progress(region)` is called after each op that completes a
+    /// gradient region.
     public func backward(progress: ((Int) -> Void)? = nil) {
         arena.zeroGradients()
         var i = ops.count - 1
@@ -84,7 +84,7 @@ public final class Tape {
                 for t in seg.shared { if let g = t.grad { memset(g, 0, t.count * 4) } }
             }
             if opSeconds != nil { measure(i) { ops[i].backward() } } else { ops[i].backward() }
-            if let p = progress, let offset = completes[i] { p(offset) }
+            if let p = progress, let region = completes[i] { p(region) }
             i -= 1
         }
     }

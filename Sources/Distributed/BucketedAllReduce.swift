@@ -1,15 +1,59 @@
 import Dispatch
 import Foundation
 
-/// Sums a flat gradient buffer over ranks in contiguous buckets, last bucket first (the order in which
-/// backward finishes them). With `blockSize` (ZeRO-1) each bucket is reduce-scattered in place instead: rank r
-/// ends with the sums for its block [r·blockSize, (r+1)·blockSize) at their usual place in the buffer (the rest
-/// of the buffer is then stale). No call needs a temporary larger than one bucket (one MPI_Reduce_scatter_block
-/// over the whole buffer makes Open MPI allocate a full-size temporary) and no separate shard buffer is kept. With `overlap`, buckets go to a dedicated communication thread (its own
-/// duplicated communicator) as soon as backward reports them final, so communication runs while
-/// earlier layers are still being differentiated. MPI is never called from Swift's cooperative pool.
+/// Which parts of a flat gradient buffer are summed together, and when. Backward finishes the gradient in
+/// `regions` (each a range of the buffer, listed in the order they become final: for GPT-2 the tied embedding's
+/// dense part first, then the last block down to the first, then the position embedding). Each region is cut into
+/// buckets of at most `bucketFloats`, from its high end down; the small remainder of a region joins the top of the
+/// next region when that one lies directly below it and the two fit one bucket. A bucket can go once every region
+/// up to and including its `region` is final. The trainer's reducer and `gpt2-dist plan` use this same schedule.
+public struct BucketSchedule: Sendable {
+    public struct Bucket: Sendable, Equatable {
+        public let range: Range<Int>
+        /// Index of the last region (in completion order) the bucket needs.
+        public let region: Int
+    }
+    public let regions: [Range<Int>]
+    public let buckets: [Bucket]
+
+    public init(regions: [Range<Int>], bucketFloats: Int) {
+        let limit = max(1, bucketFloats)
+        var buckets: [Bucket] = []
+        var pending: (range: Range<Int>, region: Int)?  // a region's small remainder, waiting to join the next region's top
+        for (k, region) in regions.enumerated() where !region.isEmpty {
+            var hi = region.upperBound
+            if let p = pending {
+                if p.range.lowerBound == region.upperBound {
+                    let take = min(limit - p.range.count, region.count)
+                    buckets.append(Bucket(range: (hi - take)..<p.range.upperBound, region: k))
+                    hi -= take
+                } else {
+                    buckets.append(Bucket(range: p.range, region: p.region))
+                }
+                pending = nil
+            }
+            while hi > region.lowerBound {
+                let lo = max(region.lowerBound, hi - limit)
+                if lo == region.lowerBound && hi - lo < limit && k + 1 < regions.count {
+                    pending = (lo..<hi, k)
+                } else {
+                    buckets.append(Bucket(range: lo..<hi, region: k))
+                }
+                hi = lo
+            }
+        }
+        if let p = pending { buckets.append(Bucket(range: p.range, region: p.region)) }
+        self.regions = regions
+        self.buckets = buckets
+    }
+
+    /// One region: the whole buffer, cut from its end (a buffer with no backward behind it, as in bench-comm).
+    public init(count: Int, bucketFloats: Int) { self.init(regions: [0..<count], bucketFloats: bucketFloats) }
+}
+
 public final class BucketedAllReduce: @unchecked Sendable {
-    public let buckets: [Range<Int>]
+    public let schedule: BucketSchedule
+    public var buckets: [Range<Int>] { schedule.buckets.map(\.range) }
     public let overlap: Bool
     let worker: Worker
     private var thread: Thread?
@@ -21,20 +65,11 @@ public final class BucketedAllReduce: @unchecked Sendable {
     /// Seconds spent inside MPI calls.
     public var commSeconds: Double { worker.locked { worker.commSeconds } }
 
-    /// `bucketFloats` ~ 25 MB / 4 by default; buckets are cut from the end of the buffer towards its start.
     /// Overlap needs MPI_THREAD_MULTIPLE and a duplicated communicator; without either, buckets are reduced
     /// after backward (`overlap` then reads false, so callers can say so).
-    public init(comm: Communicator, base: UnsafeMutablePointer<Float>, count: Int, bucketFloats: Int, overlap: Bool,
+    public init(comm: Communicator, base: UnsafeMutablePointer<Float>, schedule: BucketSchedule, overlap: Bool,
                 blockSize: Int? = nil) {
-        let bucketFloats = max(1, bucketFloats)
-        var ranges: [Range<Int>] = []
-        var hi = count
-        while hi > 0 {
-            let lo = max(0, hi - bucketFloats)
-            ranges.append(lo..<hi)
-            hi = lo
-        }
-        buckets = ranges
+        self.schedule = schedule
         // Every rank takes the same branch (the thread level is the job's), so the collective dup is safe.
         let own = overlap && comm.size > 1 && comm.threadMultiple ? comm.duplicate() : nil
         self.overlap = own != nil
@@ -105,11 +140,12 @@ public final class BucketedAllReduce: @unchecked Sendable {
         submitted = 0
     }
 
-    /// Every gradient at flat offset >= `offset` is final: hand over the buckets that lie wholly above it.
-    public func ready(from offset: Int) {
+    /// Regions 0...`region` of the schedule are final: hand over, in schedule order, the buckets they complete.
+    public func ready(throughRegion region: Int) {
         guard overlap else { return }
-        while nextBucket < buckets.count && buckets[nextBucket].lowerBound >= offset {
-            worker.submit(buckets[nextBucket])
+        let all = schedule.buckets
+        while nextBucket < all.count && all[nextBucket].region <= region {
+            worker.submit(all[nextBucket].range)
             submitted += 1
             nextBucket += 1
         }
@@ -119,7 +155,7 @@ public final class BucketedAllReduce: @unchecked Sendable {
     public func finish() {
         let t0 = DispatchTime.now().uptimeNanoseconds
         if overlap {
-            ready(from: 0)
+            ready(throughRegion: Int.max)
             for _ in 0..<submitted { worker.bucketDone.wait() }
         } else if worker.comm.size > 1 {
             for r in buckets { worker.reduce(r) }
@@ -142,7 +178,7 @@ public final class BucketedAllReduce: @unchecked Sendable {
     /// ZeRO-1's parameter all-gather, bucket by bucket (no full-size temporaries).
     public func allGather(_ params: UnsafeMutablePointer<Float>) {
         guard let block = worker.blockSize, worker.comm.size > 1 else { return }
-        for r in buckets.reversed() {
+        for r in buckets {
             let (counts, offsets) = Self.split(r, blockSize: block, ranks: worker.comm.size)
             worker.comm.allGatherInPlace(params + r.lowerBound, counts: counts, displacements: offsets)
         }

@@ -29,6 +29,19 @@ extension GPT2Config {
         return layout
     }
 
+    /// The flat gradient buffer in the regions backward finishes, in that order, when the token embedding's rows
+    /// are deferred (`GPT2Graph.defersTokenGradient`): wte (its dense part is final after the output head), ln_f,
+    /// blocks L-1 down to 0, then wpe (after the embedding). Gradient buckets are cut from these regions.
+    public var gradientRegions: [Range<Int>] {
+        let layout = parameterLayout
+        func start(_ name: String) -> Int { layout.entry(name)!.offset }
+        let blockStarts = (0..<nLayers).map { start("h.\($0).ln_1.weight") } + [start("ln_f.weight")]
+        var regions = [start("wte")..<start("wpe"), start("ln_f.weight")..<layout.totalCount]
+        for l in (0..<nLayers).reversed() { regions.append(blockStarts[l]..<blockStarts[l + 1]) }
+        regions.append(start("wpe")..<blockStarts[0])
+        return regions
+    }
+
     /// Parameter count with the output head tied to wte (what is stored and trained).
     public var parameterCount: Int { parameterLayout.totalCount }
     /// Parameter count if the output head were a separate [V, C] matrix.

@@ -56,6 +56,16 @@ public final class GPT2Graph {
     /// where the fused chunked head never stores them.
     public let logits: Tensor!
     let lossOp: (any LossOp)?
+    let embedding: EmbeddingOp
+
+    /// Backward leaves the token embedding's rows out of wte's gradient (see `EmbeddingOp.defersTokenGradient`);
+    /// the caller adds them from `inputs` and `embeddingGradient`. Needed to reduce wte while backward still runs.
+    public var defersTokenGradient: Bool {
+        get { embedding.defersTokenGradient }
+        set { embedding.defersTokenGradient = newValue }
+    }
+    /// The gradient at the embedding's output, by position [batch·seqLen, emb_dim], after backward.
+    public var embeddingGradient: UnsafePointer<Float> { embedding.outputGradient }
 
     /// `recompute` (training only): blocks share one set of internal activation buffers and recompute them
     /// in backward; only each block's output is kept, so activations are ~one block plus the block inputs.
@@ -73,11 +83,11 @@ public final class GPT2Graph {
         targets = TokenBuffer(count: B * T)
 
         func act(_ shape: [Int]) -> Tensor { arena.tensor(shape, gradient: grad) }
-        func offset(_ name: String) -> Int { p.layout.entry(name)!.offset }
 
+        // Gradient regions, numbered as cfg.gradientRegions: 0 wte (after the head), 1 ln_f, 2... blocks L-1...0, L+2 wpe.
         var x = act([B, T, C])
-        tape.record(EmbeddingOp(tokens: inputs, wte: p.tensor("wte"), wpe: p.tensor("wpe"), out: x, batch: B, seqLen: T),
-                    completesParametersFrom: 0)
+        embedding = EmbeddingOp(tokens: inputs, wte: p.tensor("wte"), wpe: p.tensor("wpe"), out: x, batch: B, seqLen: T)
+        tape.record(embedding, completesRegion: L + 2)
         if drop > 0 && mode == .train {
             let y = act(x.shape)
             tape.record(DropoutOp(x: x, out: y, rate: drop, site: 1 << 40, context: ctx))
@@ -104,7 +114,7 @@ public final class GPT2Graph {
             let a = shared ?? internals()
             if recomputing { tape.beginSegment() }
             tape.record(LayerNormOp(x: x, weight: p.tensor(n + "ln_1.weight"), bias: p.tensor(n + "ln_1.bias"),
-                                    out: a.ln1, arena: arena), completesParametersFrom: offset(n + "ln_1.weight"))
+                                    out: a.ln1, arena: arena), completesRegion: 2 + (L - 1 - l))
             tape.record(LinearOp(x: a.ln1, weight: p.tensor(n + "attn.c_attn.weight"),
                                  bias: cfg.qkvBias ? p.tensor(n + "attn.c_attn.bias") : nil, out: a.qkv, arena: arena))
             tape.record(CausalSelfAttentionOp(qkv: a.qkv, out: a.att, batch: B, seqLen: T, heads: cfg.nHeads,
@@ -129,15 +139,15 @@ public final class GPT2Graph {
         }
         let lnf = act([B, T, C])
         tape.record(LayerNormOp(x: x, weight: p.tensor("ln_f.weight"), bias: p.tensor("ln_f.bias"), out: lnf, arena: arena),
-                    completesParametersFrom: offset("ln_f.weight"))
+                    completesRegion: 1)
         if recomputing {
             let ce = ChunkedHeadCrossEntropyOp(x: lnf, wte: p.tensor("wte"), targets: targets, arena: arena)
-            tape.record(ce)
+            tape.record(ce, completesRegion: 0)
             logits = nil
             lossOp = ce
         } else {
             let l = arena.tensor([B, T, V], gradient: mode == .train ? .inPlace : .none)
-            tape.record(TiedHeadOp(x: lnf, wte: p.tensor("wte"), logits: l))
+            tape.record(TiedHeadOp(x: lnf, wte: p.tensor("wte"), logits: l), completesRegion: 0)
             logits = l
             if mode == .logits {
                 lossOp = nil
@@ -171,9 +181,11 @@ public final class GPT2Graph {
     /// Sum of per-position losses of the last forward (for exact means across micro-batches and ranks).
     public var lossSum: Double { lossOp?.lossSum ?? 0 }
 
-    /// Accumulates parameter gradients (+=) into the model's flat gradient buffer.
+    /// Accumulates parameter gradients (+=) into the model's flat gradient buffer. `progress(k)`: regions 0...k of
+    /// `config.gradientRegions` are final (only with the token rows deferred: wte is region 0).
     public func backward(progress: ((Int) -> Void)? = nil) {
         precondition(mode == .train, "backward needs a graph built in .train mode")
+        precondition(progress == nil || defersTokenGradient, "progress needs the token rows deferred (wte is region 0)")
         tape.backward(progress: progress)
     }
 

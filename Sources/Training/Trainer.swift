@@ -121,6 +121,7 @@ public final class Trainer {
         let order: BatchOrder
         let sgemmPeak: Double
         var metrics: MetricsLog?
+        var tokenRows: TokenGradientExchange?  // several ranks: the token embedding's rows of wte, summed apart
         var step = 0, tokensSeen = 0
         var firstStep = 0  // where this run started (after a resume: the checkpoint's step)
         var badSteps = 0   // non-finite steps in a row
@@ -151,11 +152,15 @@ public final class Trainer {
                                    shuffleSeed: o.shuffle ? UInt64(o.seed) : nil)
         // Gradients are summed in buckets that overlap backward: all-reduced, or with ZeRO-1 reduce-scattered
         // into this rank's shard (and parameters all-gathered after the update, bucket by bucket).
-        let reducer = BucketedAllReduce(comm: comm, base: model.parameters.gradients.pointer, count: model.parameters.count,
-                                        bucketFloats: Int(o.bucketMb * 1_048_576 / 4), overlap: o.overlap,
-                                        blockSize: sharding.sharded ? sharding.blockSize : nil)
+        // wte's dense part goes first: the token embedding's rows are held back and summed apart (TokenGradientExchange).
+        let schedule = BucketSchedule(regions: cfg.gradientRegions, bucketFloats: Int(o.bucketMb * 1_048_576 / 4))
+        let reducer = BucketedAllReduce(comm: comm, base: model.parameters.gradients.pointer, schedule: schedule,
+                                        overlap: o.overlap, blockSize: sharding.sharded ? sharding.blockSize : nil)
         let state = State(model: model, optimizer: optimizer, sharding: sharding, graph: graph, reducer: reducer,
                           order: order, sgemmPeak: peak)
+        if n > 1 {
+            state.tokenRows = TokenGradientExchange(vocab: cfg.vocabSize, channels: cfg.embDim, globalPositions: n * plan.micro * o.seqLen)
+        }
         state.metrics = try agreed { () -> MetricsLog? in
             guard comm.isRoot else { return nil }
             let removed = TrainCheckpoint.removeStaleTemporaries(directory: o.out!)
@@ -271,11 +276,22 @@ public final class Trainer {
                          inputs: s.graph.inputs.pointer, targets: s.graph.targets.pointer)
             s.graph.forward(step: s.step, seed: UInt64(o.seed), rowOffset: first)
             lossSum += s.graph.lossSum
-            let last = k == plan.accumulation - 1
-            s.graph.backward(progress: last && s.reducer.overlap ? { s.reducer.ready(from: $0) } : nil)
+            // The last micro-batch's backward reduces buckets as it finishes them, wte's dense part first.
+            let deferRows = k == plan.accumulation - 1 && s.tokenRows != nil
+            s.graph.defersTokenGradient = deferRows
+            s.graph.backward(progress: deferRows && s.reducer.overlap ? { s.reducer.ready(throughRegion: $0) } : nil)
         }
         s.reducer.finish()
-        let commSeconds = s.reducer.waitSeconds
+        if let rows = s.tokenRows {
+            let T = o.seqLen, positions = plan.micro * T, lastMicro = (plan.accumulation - 1) * plan.micro
+            for r in 0..<comm.size {  // every rank's last micro-batch, as that rank reads it
+                s.order.fill(plan.train, step: s.step, firstRow: r * rowsPerRank + lastMicro, rows: plan.micro,
+                             inputs: rows.globalTokens.pointer + r * positions, targets: rows.targetsScratch.pointer + r * positions)
+            }
+            rows.reduce(tokens: s.graph.inputs.pointer, rowGradient: s.graph.embeddingGradient, positions: positions, comm: comm,
+                        gradients: params.gradients.pointer, wteOffset: params.layout.entry("wte")!.offset, keep: s.sharding.mine)
+        }
+        let commSeconds = s.reducer.waitSeconds + (s.tokenRows?.seconds ?? 0)
         // One all-reduce carries the loss and whether any rank was asked to stop (and by which signal).
         var agreed = [lossSum, StopSignal.requested ? 1 : 0, StopSignal.requested ? Double(StopSignal.signalNumber) : 0]
         comm.allReduceSum(&agreed)

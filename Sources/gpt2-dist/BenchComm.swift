@@ -25,8 +25,9 @@ struct BenchComm: ParsableCommand {
         let buffer = FloatBuffer(count: floats)
         for i in 0..<floats { buffer.pointer[i] = Float(i % 100) * 1e-3 }
         let bucket = max(1, Int(bucketMb * 1_048_576 / 4))
-        let sequential = BucketedAllReduce(comm: comm, base: buffer.pointer, count: floats, bucketFloats: bucket, overlap: false)
-        let threaded = BucketedAllReduce(comm: comm, base: buffer.pointer, count: floats, bucketFloats: bucket, overlap: true)
+        let schedule = BucketSchedule(count: floats, bucketFloats: bucket)
+        let sequential = BucketedAllReduce(comm: comm, base: buffer.pointer, schedule: schedule, overlap: false)
+        let threaded = BucketedAllReduce(comm: comm, base: buffer.pointer, schedule: schedule, overlap: true)
         func best(_ body: () -> Void) -> Double {
             var b = Double.infinity
             for _ in 0..<repeats {
@@ -40,7 +41,7 @@ struct BenchComm: ParsableCommand {
         }
         let plain = best { comm.allReduceSum(buffer.pointer, count: floats) }
         let seq = best { sequential.begin(); sequential.finish() }
-        let thr = best { threaded.begin(); threaded.ready(from: 0); threaded.finish() }
+        let thr = best { threaded.begin(); threaded.ready(throughRegion: 0); threaded.finish() }
         guard comm.isRoot else { return }
         let bytes = Double(floats) * 4
         print("\(comm.size) rank(s), \(Runtime.formatBytes(bytes)) of float32, buckets of \(bucketMb) MB (\(sequential.buckets.count) buckets)")

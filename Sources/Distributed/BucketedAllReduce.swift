@@ -3,10 +3,11 @@ import Foundation
 
 /// Which parts of a flat gradient buffer are summed together, and when. Backward finishes the gradient in
 /// `regions` (each a range of the buffer, listed in the order they become final: for GPT-2 the tied embedding's
-/// dense part first, then the last block down to the first, then the position embedding). Each region is cut into
-/// buckets of at most `bucketFloats`, from its high end down; the small remainder of a region joins the top of the
-/// next region when that one lies directly below it and the two fit one bucket. A bucket can go once every region
-/// up to and including its `region` is final. The trainer's reducer and `gpt2-dist plan` use this same schedule.
+/// dense part first, then each block's tensors from its last op to its first, then the position embedding).
+/// Buckets are filled greedily in that order, as PyTorch DDP fills its buckets: consecutive regions that lie
+/// back to back in the buffer share a bucket of up to `bucketFloats`; a region larger than that is cut from its
+/// high end down. A bucket can go once every region up to and including its `region` is final. The trainer's
+/// reducer and `gpt2-dist plan` use this same schedule.
 public struct BucketSchedule: Sendable {
     public struct Bucket: Sendable, Equatable {
         public let range: Range<Int>
@@ -19,30 +20,21 @@ public struct BucketSchedule: Sendable {
     public init(regions: [Range<Int>], bucketFloats: Int) {
         let limit = max(1, bucketFloats)
         var buckets: [Bucket] = []
-        var pending: (range: Range<Int>, region: Int)?  // a region's small remainder, waiting to join the next region's top
+        var open: Bucket?  // being filled downwards
         for (k, region) in regions.enumerated() where !region.isEmpty {
             var hi = region.upperBound
-            if let p = pending {
-                if p.range.lowerBound == region.upperBound {
-                    let take = min(limit - p.range.count, region.count)
-                    buckets.append(Bucket(range: (hi - take)..<p.range.upperBound, region: k))
-                    hi -= take
-                } else {
-                    buckets.append(Bucket(range: p.range, region: p.region))
-                }
-                pending = nil
-            }
             while hi > region.lowerBound {
-                let lo = max(region.lowerBound, hi - limit)
-                if lo == region.lowerBound && hi - lo < limit && k + 1 < regions.count {
-                    pending = (lo..<hi, k)
-                } else {
-                    buckets.append(Bucket(range: lo..<hi, region: k))
+                var top = hi
+                if let o = open {
+                    if o.range.lowerBound == hi { top = o.range.upperBound } else { buckets.append(o) }
                 }
+                let lo = max(region.lowerBound, top - limit)
+                open = Bucket(range: lo..<top, region: k)
                 hi = lo
+                if top - lo == limit { buckets.append(open!); open = nil }
             }
         }
-        if let p = pending { buckets.append(Bucket(range: p.range, region: p.region)) }
+        if let o = open { buckets.append(o) }
         self.regions = regions
         self.buckets = buckets
     }
@@ -71,7 +63,7 @@ public final class BucketedAllReduce: @unchecked Sendable {
                 blockSize: Int? = nil) {
         self.schedule = schedule
         // Every rank takes the same branch (the thread level is the job's), so the collective dup is safe.
-        let own = overlap && comm.size > 1 && comm.threadMultiple ? comm.duplicate() : nil
+        let own = overlap && comm.size > 1 && comm.threadMultiple ? comm.duplicate(sleepsWhileWaiting: true) : nil
         self.overlap = own != nil
         worker = Worker(comm: own ?? comm, base: base, blockSize: blockSize)
         if self.overlap {

@@ -31,16 +31,28 @@ extension GPT2Config {
 
     /// The flat gradient buffer in the regions backward finishes, in that order, when the token embedding's rows
     /// are deferred (`GPT2Graph.defersTokenGradient`): wte (its dense part is final after the output head), ln_f,
-    /// blocks L-1 down to 0, then wpe (after the embedding). Gradient buckets are cut from these regions.
+    /// then for each block from L-1 down to 0 the tensors of each op from its last to its first (mlp.c_proj,
+    /// mlp.c_fc, ln_2, attn.c_proj, attn.c_attn, ln_1: descending in the buffer), then wpe (after the embedding).
+    /// Region indices: 0 wte, 1 ln_f, 2 + 6(L-1-l) + j for op j of block l, 2 + 6L wpe. Gradient buckets are cut
+    /// from these regions.
     public var gradientRegions: [Range<Int>] {
         let layout = parameterLayout
         func start(_ name: String) -> Int { layout.entry(name)!.offset }
-        let blockStarts = (0..<nLayers).map { start("h.\($0).ln_1.weight") } + [start("ln_f.weight")]
         var regions = [start("wte")..<start("wpe"), start("ln_f.weight")..<layout.totalCount]
-        for l in (0..<nLayers).reversed() { regions.append(blockStarts[l]..<blockStarts[l + 1]) }
-        regions.append(start("wpe")..<blockStarts[0])
+        var end = start("ln_f.weight")
+        for l in (0..<nLayers).reversed() {
+            for name in Self.blockOpsInBackwardOrder {
+                let lo = start("h.\(l).\(name).weight")
+                regions.append(lo..<end)
+                end = lo
+            }
+        }
+        regions.append(start("wpe")..<end)
         return regions
     }
+
+    /// The parameterised ops of a block, last first (each one's weight and bias lie just below the previous one's).
+    public static let blockOpsInBackwardOrder = ["mlp.c_proj", "mlp.c_fc", "ln_2", "attn.c_proj", "attn.c_attn", "ln_1"]
 
     /// Parameter count with the output head tied to wte (what is stored and trained).
     public var parameterCount: Int { parameterLayout.totalCount }

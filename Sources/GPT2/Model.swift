@@ -84,10 +84,11 @@ public final class GPT2Graph {
 
         func act(_ shape: [Int]) -> Tensor { arena.tensor(shape, gradient: grad) }
 
-        // Gradient regions, numbered as cfg.gradientRegions: 0 wte (after the head), 1 ln_f, 2... blocks L-1...0, L+2 wpe.
+        // Gradient regions, numbered as cfg.gradientRegions: 0 wte (after the head), 1 ln_f, 2 + 6(L-1-l) + j the j-th op
+        // of block l counted from its last (GPT2Config.blockOpsInBackwardOrder), 2 + 6L wpe.
         var x = act([B, T, C])
         embedding = EmbeddingOp(tokens: inputs, wte: p.tensor("wte"), wpe: p.tensor("wpe"), out: x, batch: B, seqLen: T)
-        tape.record(embedding, completesRegion: L + 2)
+        tape.record(embedding, completesRegion: 2 + 6 * L)
         if drop > 0 && mode == .train {
             let y = act(x.shape)
             tape.record(DropoutOp(x: x, out: y, rate: drop, site: 1 << 40, context: ctx))
@@ -112,25 +113,28 @@ public final class GPT2Graph {
             let n = "h.\(l)."
             let site = UInt64(l) << 8
             let a = shared ?? internals()
+            // Region of the block's op named j-th from its last in GPT2Config.blockOpsInBackwardOrder.
+            func region(_ j: Int) -> Int { 2 + 6 * (L - 1 - l) + j }
             if recomputing { tape.beginSegment() }
             tape.record(LayerNormOp(x: x, weight: p.tensor(n + "ln_1.weight"), bias: p.tensor(n + "ln_1.bias"),
-                                    out: a.ln1, arena: arena), completesRegion: 2 + (L - 1 - l))
+                                    out: a.ln1, arena: arena), completesRegion: region(5))
             tape.record(LinearOp(x: a.ln1, weight: p.tensor(n + "attn.c_attn.weight"),
-                                 bias: cfg.qkvBias ? p.tensor(n + "attn.c_attn.bias") : nil, out: a.qkv, arena: arena))
+                                 bias: cfg.qkvBias ? p.tensor(n + "attn.c_attn.bias") : nil, out: a.qkv, arena: arena),
+                        completesRegion: region(4))
             tape.record(CausalSelfAttentionOp(qkv: a.qkv, out: a.att, batch: B, seqLen: T, heads: cfg.nHeads,
                                               dropRate: mode == .train ? drop : 0, site: site | 1,
                                               context: ctx, arena: arena))
             tape.record(LinearOp(x: a.att, weight: p.tensor(n + "attn.c_proj.weight"),
-                                 bias: p.tensor(n + "attn.c_proj.bias"), out: a.proj, arena: arena))
+                                 bias: p.tensor(n + "attn.c_proj.bias"), out: a.proj, arena: arena), completesRegion: region(3))
             if let d = a.projDrop { tape.record(DropoutOp(x: a.proj, out: d, rate: drop, site: site | 2, context: ctx)) }
             tape.record(AddOp(a: x, b: a.projDrop ?? a.proj, out: a.x1))
             tape.record(LayerNormOp(x: a.x1, weight: p.tensor(n + "ln_2.weight"), bias: p.tensor(n + "ln_2.bias"),
-                                    out: a.ln2, arena: arena))
+                                    out: a.ln2, arena: arena), completesRegion: region(2))
             tape.record(LinearOp(x: a.ln2, weight: p.tensor(n + "mlp.c_fc.weight"), bias: p.tensor(n + "mlp.c_fc.bias"),
-                                 out: a.fc, arena: arena))
+                                 out: a.fc, arena: arena), completesRegion: region(1))
             tape.record(GELUOp(x: a.fc, out: a.gelu))
             tape.record(LinearOp(x: a.gelu, weight: p.tensor(n + "mlp.c_proj.weight"),
-                                 bias: p.tensor(n + "mlp.c_proj.bias"), out: a.mproj, arena: arena))
+                                 bias: p.tensor(n + "mlp.c_proj.bias"), out: a.mproj, arena: arena), completesRegion: region(0))
             if let d = a.mprojDrop { tape.record(DropoutOp(x: a.mproj, out: d, rate: drop, site: site | 3, context: ctx)) }
             let x2 = act([B, T, C])
             tape.record(AddOp(a: a.x1, b: a.mprojDrop ?? a.mproj, out: x2))

@@ -1,5 +1,6 @@
 import Autograd
 import Checkpoint
+import Distributed
 import Foundation
 import GPT2
 import Testing
@@ -76,5 +77,62 @@ struct TrainingParityTests {
         #expect(abs(s(110) - 1e-4) < 1e-12)
         let c = LRSchedule(kind: .constant, lr: 3e-4, minLR: 0, warmupSteps: 0, totalSteps: 50)
         #expect(c(0) == 3e-4 && c(49) == 3e-4)
+    }
+}
+
+/// The bucket schedule that lets gradient traffic overlap backward: regions are announced only once final, and
+/// the buckets cover the gradient buffer exactly once, in an order every rank shares.
+struct BucketScheduleTests {
+    @Test(arguments: [false, true]) func regionsAreFinalWhenAnnouncedAndBucketsCoverTheBuffer(recompute: Bool) throws {
+        let cfg = try GPT2Config(vocabSize: 97, contextLength: 16, embDim: 32, nHeads: 4, nLayers: 3, dropRate: 0.1, qkvBias: true)
+        let model = GPT2Model(config: cfg)
+        model.initialize(seed: 3)
+        let B = 2, T = 8
+        let graph = GPT2Graph(model: model, batch: B, seqLen: T, mode: .train, recompute: recompute)
+        for i in 0..<(B * T) { graph.inputs.pointer[i] = Int32(i * 7 % 97); graph.targets.pointer[i] = Int32(i * 5 % 97) }
+        let regions = cfg.gradientRegions, g = model.parameters.gradients.pointer
+        // The regions partition the buffer.
+        #expect(regions.map(\.count).reduce(0, +) == model.parameters.count)
+        #expect(Set(regions.flatMap { Array($0) }).count == model.parameters.count)
+        // Each region's gradient, copied when backward says it is final, is what it ends as.
+        model.parameters.zeroGradients()
+        graph.forward(step: 1, seed: 9)
+        graph.defersTokenGradient = true
+        var snapshots: [Int: [Float]] = [:], announced: [Int] = []
+        graph.backward(progress: { k in
+            announced.append(k)
+            snapshots[k] = Array(UnsafeBufferPointer(start: g + regions[k].lowerBound, count: regions[k].count))
+        })
+        #expect(announced == Array(0..<regions.count), "regions must be announced once each, in order: \(announced)")
+        for (k, r) in regions.enumerated() {
+            #expect(snapshots[k] == Array(UnsafeBufferPointer(start: g + r.lowerBound, count: r.count)), "region \(k) changed after it was announced")
+        }
+        // Deferred token rows + the rest = the plain backward's wte gradient.
+        let deferred = Array(UnsafeBufferPointer(start: g, count: model.parameters.count))
+        model.parameters.zeroGradients()
+        graph.forward(step: 1, seed: 9)
+        graph.defersTokenGradient = false
+        graph.backward()
+        var withRows = deferred
+        let C = cfg.embDim
+        for p in 0..<(B * T) {
+            let t = Int(graph.inputs.pointer[p])
+            for c in 0..<C { withRows[t * C + c] += graph.embeddingGradient[p * C + c] }
+        }
+        #expect(maxRelativeError(withRows, g, model.parameters.count) < 1e-5)
+
+        // Buckets: each float once, none above the limit, in announcement order, each needing only final regions.
+        for limit in [1, 100, 1000, 5000, 1 << 30] {
+            let s = BucketSchedule(regions: regions, bucketFloats: limit)
+            var seen = [Int](repeating: 0, count: model.parameters.count)
+            for b in s.buckets { for i in b.range { seen[i] += 1 } }
+            #expect(seen.allSatisfy { $0 == 1 }, "limit \(limit): not a partition")
+            #expect(s.buckets.allSatisfy { $0.range.count <= limit && !$0.range.isEmpty })
+            #expect(zip(s.buckets, s.buckets.dropFirst()).allSatisfy { $0.region <= $1.region })
+            for b in s.buckets {
+                let final = regions[0...b.region]
+                #expect(b.range.allSatisfy { i in final.contains { $0.contains(i) } }, "limit \(limit): bucket \(b) needs a later region")
+            }
+        }
     }
 }

@@ -58,9 +58,14 @@ public final class Tape {
     /// When set, seconds spent in each op (forward + backward) are added here, indexed like `ops`.
     public var opSeconds: [Double]?
 
-    public func forward() {
-        if opSeconds != nil {
-            for (i, op) in ops.enumerated() { measure(i) { op.forward() } }
+    /// Runs every forward kernel in order. `awaiting(region)` is called before each op that uses (and in backward
+    /// completes) a gradient region's parameters: the caller may still be receiving them (ZeRO-1's all-gather).
+    public func forward(awaiting: ((Int) -> Void)? = nil) {
+        if opSeconds != nil || awaiting != nil {
+            for (i, op) in ops.enumerated() {
+                if let a = awaiting, let region = completes[i] { a(region) }
+                if opSeconds != nil { measure(i) { op.forward() } } else { op.forward() }
+            }
             return
         }
         for op in ops { op.forward() }

@@ -77,17 +77,19 @@ public final class BucketedAllReduce: @unchecked Sendable {
     }
 
     deinit {
-        if thread != nil { worker.submit(0..<0) }  // shutdown marker
+        if thread != nil { worker.submit(.stop) }
     }
 
-    /// The communication thread's state: a queue of buckets and the reduction itself.
+    /// The communication thread's state: a queue of tasks, the reduction and the all-gather.
     final class Worker: @unchecked Sendable {
+        enum Task { case reduce(Range<Int>), gather(UnsafeMutablePointer<Float>, Range<Int>), stop }
         let comm: Communicator, base: UnsafeMutablePointer<Float>, blockSize: Int?
-        private let lock = NSLock()
-        private var queue: [Range<Int>] = []
+        private let lock = NSCondition()
+        private var queue: [Task] = []
         private let workAvailable = DispatchSemaphore(value: 0)
         let bucketDone = DispatchSemaphore(value: 0)
         var commSeconds = 0.0
+        private var gathered = 0  // all-gather tasks done since the last `resetGathered`
 
         init(comm: Communicator, base: UnsafeMutablePointer<Float>, blockSize: Int?) {
             self.comm = comm; self.base = base; self.blockSize = blockSize
@@ -95,19 +97,33 @@ public final class BucketedAllReduce: @unchecked Sendable {
 
         func locked<R>(_ body: () -> R) -> R { lock.lock(); defer { lock.unlock() }; return body() }
 
-        func submit(_ r: Range<Int>) {
-            locked { queue.append(r) }
+        func submit(_ task: Task) {
+            locked { queue.append(task) }
             workAvailable.signal()
         }
 
         func serve() {
             while true {
                 workAvailable.wait()
-                let r = locked { queue.removeFirst() }
-                if r.isEmpty { return }
-                reduce(r)
-                bucketDone.signal()
+                switch locked({ queue.removeFirst() }) {
+                case .stop: return
+                case .reduce(let r):
+                    reduce(r)
+                    bucketDone.signal()
+                case .gather(let params, let r):
+                    gather(params, r)
+                    lock.lock(); gathered += 1; lock.broadcast(); lock.unlock()
+                }
             }
+        }
+
+        func resetGathered() { locked { gathered = 0 } }
+
+        /// Blocks until `count` all-gather tasks are done.
+        func waitGathered(_ count: Int) {
+            lock.lock()
+            while gathered < count { lock.wait() }
+            lock.unlock()
         }
 
         func reduce(_ r: Range<Int>) {
@@ -121,6 +137,17 @@ public final class BucketedAllReduce: @unchecked Sendable {
             } else {
                 comm.allReduceSum(base + r.lowerBound, count: r.count)
             }
+            addTime(since: t0)
+        }
+
+        func gather(_ params: UnsafeMutablePointer<Float>, _ r: Range<Int>) {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            let (counts, offsets) = BucketedAllReduce.split(r, blockSize: blockSize!, ranks: comm.size)
+            comm.allGatherInPlace(params + r.lowerBound, counts: counts, displacements: offsets)
+            addTime(since: t0)
+        }
+
+        private func addTime(since t0: UInt64) {
             let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
             locked { commSeconds += dt }
         }
@@ -137,7 +164,7 @@ public final class BucketedAllReduce: @unchecked Sendable {
         guard overlap else { return }
         let all = schedule.buckets
         while nextBucket < all.count && all[nextBucket].region <= region {
-            worker.submit(all[nextBucket].range)
+            worker.submit(.reduce(all[nextBucket].range))
             submitted += 1
             nextBucket += 1
         }
@@ -167,13 +194,51 @@ public final class BucketedAllReduce: @unchecked Sendable {
         return (counts, offsets)
     }
 
-    /// ZeRO-1's parameter all-gather, bucket by bucket (no full-size temporaries).
-    public func allGather(_ params: UnsafeMutablePointer<Float>) {
+    /// ZeRO-1's parameter all-gather after the update, bucket by bucket (no full-size temporaries). With overlap it
+    /// runs on the communication thread in the order the next forward reads the parameters (the reverse of the
+    /// schedule), and forward waits only for the regions it is about to use (`awaitParameters`); otherwise it is
+    /// done before returning.
+    public func startAllGather(_ params: UnsafeMutablePointer<Float>) {
         guard let block = worker.blockSize, worker.comm.size > 1 else { return }
-        for r in buckets {
-            let (counts, offsets) = Self.split(r, blockSize: block, ranks: worker.comm.size)
-            worker.comm.allGatherInPlace(params + r.lowerBound, counts: counts, displacements: offsets)
+        if overlap {
+            awaitAllParameters()
+            worker.resetGathered()
+            for b in schedule.buckets.reversed() { worker.submit(.gather(params, b.range)) }
+            gathering = true
+            return
         }
+        for b in schedule.buckets.reversed() {
+            let (counts, offsets) = Self.split(b.range, blockSize: block, ranks: worker.comm.size)
+            worker.comm.allGatherInPlace(params + b.range.lowerBound, counts: counts, displacements: offsets)
+        }
+    }
+
+    /// Whether an all-gather is still landing in the parameters.
+    public private(set) var gathering = false
+
+    /// For each region: how many all-gather tasks (in gather order) must be done before it is complete.
+    private lazy var gathersNeeded: [Int] = {
+        let reversed = Array(schedule.buckets.reversed())
+        return schedule.regions.map { region in
+            (reversed.lastIndex { $0.range.overlaps(region) } ?? -1) + 1
+        }
+    }()
+
+    /// Blocks until region `region` of the schedule holds every rank's updated parameters.
+    public func awaitParameters(region: Int) {
+        guard gathering else { return }
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        worker.waitGathered(gathersNeeded[region])
+        waitSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+    }
+
+    /// Blocks until the whole all-gather is done (before anything reads all parameters: evaluation, checkpoints).
+    public func awaitAllParameters() {
+        guard gathering else { return }
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        worker.waitGathered(schedule.buckets.count)
+        waitSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+        gathering = false
     }
 
     public func resetTimers() {

@@ -68,11 +68,11 @@ public final class Communicator: @unchecked Sendable {
                             sleepsWhileWaiting: sleepsWhileWaiting)
     }
 
-    /// Completes a non-blocking call without spinning: MPI_Test, then a sleep that grows from 20 µs to 50 µs while
+    /// Completes a non-blocking call without spinning: MPI_Test, then a sleep that grows from 20 µs to 200 µs while
     /// it is not done. A blocking call busy-polls Open MPI's progress engine for as long as the transfer takes; on
-    /// the communication thread, which shares its core with backward, that spin took ~1/3 of a step from compute
-    /// over 2 Gbit/s links. Each test also progresses the transfer: with 500 µs pauses a 25 MB bucket took twice its
-    /// wire time (Open MPI moves a large message in a few fragments per progress call), with 50 µs ~1.15x.
+    /// the communication thread, which shares its core with backward, that spin slowed 2 Gbit/s steps by ~25%. Each
+    /// test also moves the transfer on, so the pause is a trade: every wake-up preempts backward's kernels, and too
+    /// few tests leave the link idle (124M, 2 nodes x 1 core, 2 Gbit/s: 7.4 s/step at 50 µs, 6.5 s at 200 µs).
     private func waitSleeping(_ request: inout MPI_Request?, _ what: String) {
         var done: Int32 = 0
         var pause: UInt32 = 20
@@ -80,7 +80,7 @@ public final class Communicator: @unchecked Sendable {
             check(MPI_Test(&request, &done, gd_mpi_status_ignore()), what)
             if done != 0 { return }
             usleep(pause)
-            pause = min(pause * 2, 50)
+            pause = min(pause * 2, 200)
         }
     }
 
@@ -158,7 +158,16 @@ public final class Communicator: @unchecked Sendable {
     public func allGatherInPlace(_ buffer: UnsafeMutablePointer<Float>, counts: [Int], displacements: [Int]) {
         guard usesMPI, size > 1 else { return }
         let c = counts.map { Int32($0) }, d = displacements.map { Int32($0) }
-        check(MPI_Allgatherv(gd_mpi_in_place(), 0, gd_mpi_float(), buffer, c, d, gd_mpi_float(), comm), "allgather")
+        if sleepsWhileWaiting {
+            c.withUnsafeBufferPointer { c in d.withUnsafeBufferPointer { d in  // read by MPI until the request completes
+                var request: MPI_Request? = gd_mpi_request_null()
+                check(MPI_Iallgatherv(gd_mpi_in_place(), 0, gd_mpi_float(), buffer, c.baseAddress, d.baseAddress, gd_mpi_float(),
+                                      comm, &request), "allgather")
+                waitSleeping(&request, "allgather")
+            } }
+        } else {
+            check(MPI_Allgatherv(gd_mpi_in_place(), 0, gd_mpi_float(), buffer, c, d, gd_mpi_float(), comm), "allgather")
+        }
     }
 
     /// Root receives counts[r] floats from each rank r at out + displacements[r].

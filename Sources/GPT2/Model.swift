@@ -174,11 +174,14 @@ public final class GPT2Graph {
 
     /// Runs the forward pass; returns the mean cross-entropy (0 in `.logits` mode). `training: false` on a
     /// training graph evaluates without dropout (validation reuses the training graph's memory).
+    /// `awaitingParameters(k)` is called before the first op that reads region k of `config.gradientRegions`
+    /// (the token embedding reads wte's rows of `inputs` before region 0: the caller provides those first).
     @discardableResult
-    public func forward(step: Int = 0, seed: UInt64 = 0, rowOffset: Int = 0, training: Bool? = nil) -> Float {
+    public func forward(step: Int = 0, seed: UInt64 = 0, rowOffset: Int = 0, training: Bool? = nil,
+                        awaitingParameters: ((Int) -> Void)? = nil) -> Float {
         let c = tape.context
         c.step = step; c.seed = seed; c.rowOffset = rowOffset; c.training = training ?? (mode == .train)
-        tape.forward()
+        tape.forward(awaiting: awaitingParameters)
         return lossOp?.loss ?? 0
     }
 

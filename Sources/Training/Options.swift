@@ -63,8 +63,10 @@ public struct TrainOptions: ParsableArguments {
     public var evalEvery = 0
     @Option(help: "Validation batches per evaluation.")
     public var evalBatches = 10
-    @Option(help: "All-reduce bucket size in MB.")
-    public var bucketMb = 25.0
+    @Option(help: "Gradient bucket size in MB (buckets are filled in the order backward finishes the gradients).")
+    public var bucketMb = TrainOptions.defaultBucketMb
+    /// Also `gpt2-dist plan`'s default, so the plan models the trainer's buckets.
+    public static let defaultBucketMb = 25.0
     @Flag(inversion: .prefixedNo, exclusivity: .chooseLast, help: "Overlap the gradient all-reduce with backward.")
     public var overlap = true
     @Option(help: "1: shard AdamW state across ranks (ZeRO-1); 0: replicate it.")

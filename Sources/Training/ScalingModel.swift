@@ -1,22 +1,31 @@
+import Distributed
 import Foundation
 import GPT2
 
-/// An analytic model of one data-parallel training step on a CPU cluster (README, "Scaling model").
+/// A model of one data-parallel training step on a CPU cluster (README, "Scaling model"), built on the trainer's own
+/// bucket schedule: which gradient bytes can travel while which part of backward (or, with ZeRO-1, of the next
+/// forward) still computes.
 ///
 /// step = compute + exposed communication + optimizer, where
-/// - compute = FLOPs per token (6N + 12·L·C·T) × tokens per rank / (per-rank FLOP rate);
-/// - gradient all-reduce is hierarchical: a ring inside each node over shared memory, then a ring across
-///   nodes: 2(k−1)/k × 4N bytes / bandwidth + 2(k−1)·latency for k nodes; backward (2/3 of compute) hides
-///   it except the last bucket; with ZeRO-1 the same bytes move as reduce-scatter + all-gather, after backward;
-/// - optimizer: AdamW streams p, g, m, v (28 bytes per parameter it updates) at the per-rank memory bandwidth;
+/// - compute: forward and backward of every micro-batch. Either measured on this machine, op by op, by running the
+///   model's tape (`Timeline.measure`), or counted: FLOPs of each op / the per-rank FLOP rate (`Timeline.counted`).
+/// - communication: the buckets of `BucketSchedule(config.gradientRegions)`, one after another on the communication
+///   thread, each starting when backward has finished its last region and the previous bucket is done. A bucket of
+///   b bytes takes a ring all-reduce inside each node (shared memory) and across the k nodes:
+///   2(k−1)/k · b / bandwidth + 2(k−1) · latency (ZeRO-1: reduce-scatter, half of that). What is still travelling
+///   when backward ends is exposed, plus the token embedding's rows (TokenGradientExchange), summed after backward.
+///   ZeRO-1's all-gather (the other half) runs in the reverse order during the next forward, which waits for each
+///   region it is about to use; the rows of wte that the embedding reads go ahead of it, like the trainer's.
+/// - optimizer: AdamW streams p, g, m, v (28 bytes per parameter it updates) at the per-rank memory bandwidth.
 /// - memory per rank: parameters + gradients (8 B/param), AdamW m and v (8 B/param, or 8/ranks with ZeRO-1),
 ///   activations of one micro-batch (counted from the real training graph).
-/// Assumptions: identical nodes, no stragglers, data loading free, all-reduce bandwidth-bound at ~25 MB buckets.
+/// Assumptions: identical nodes, no stragglers, data loading free, the network full duplex at `networkBandwidth`
+/// per node in each direction and shared by that node's ranks.
 public struct ScalingModel {
-    public var flopsPerRank: Double          // sustained FLOP/s of one rank (sgemm peak × achieved MFU)
+    public var flopsPerRank: Double          // sustained FLOP/s of one rank (for counted compute)
     public var memoryBandwidthPerRank: Double // bytes/s for the optimizer's streaming update
     public var sharedMemoryBandwidth: Double  // bytes/s of an intra-node all-reduce ring
-    public var networkBandwidth: Double       // bytes/s per node (one NIC)
+    public var networkBandwidth: Double       // bytes/s per node and direction (one NIC)
     public var latency: Double                // seconds per message hop
     public var bucketBytes: Double = 25 * 1_048_576
 
@@ -26,6 +35,70 @@ public struct ScalingModel {
         self.sharedMemoryBandwidth = sharedMemoryBandwidth; self.networkBandwidth = networkBandwidth; self.latency = latency
     }
 
+    /// Seconds of one micro-batch's compute per gradient region (indexed as `config.gradientRegions`): `backward[k]`
+    /// is the backward time from the previous region's completion to region k's (completion order), `forward[k]`
+    /// the forward time of the ops that read region k (forward runs the regions in reverse order).
+    public struct Timeline {
+        public var forward: [Double], backward: [Double]
+        public var forwardTotal: Double { forward.reduce(0, +) }
+        public var backwardTotal: Double { backward.reduce(0, +) }
+
+        /// Counted: FLOPs per token of each region's ops at `flopsPerRank`. A linear layer of i x o weights: 2io
+        /// forward, 4io backward; the head 2VC and 4VC; attention (no parameters of its own) 4CT forward, charged to
+        /// attn.c_proj's region, and 8CT backward, charged to attn.c_attn's (nanoGPT's 12·L·C·T).
+        public static func counted(config c: GPT2Config, microBatch: Int, seqLen: Int, flopsPerRank: Double) -> Timeline {
+            let C = Double(c.embDim), V = Double(c.vocabSize), L = c.nLayers
+            var forward = [Double](repeating: 0, count: c.gradientRegions.count), backward = forward
+            let perFLOP = Double(microBatch * seqLen) / flopsPerRank, attention = 4 * C * Double(seqLen)
+            forward[0] = 2 * V * C * perFLOP; backward[0] = 4 * V * C * perFLOP
+            // Per block op, in GPT2Config.blockOpsInBackwardOrder: weights i x o.
+            let weights: [Double] = [4 * C * C, 4 * C * C, 0, C * C, 3 * C * C, 0]
+            for l in 0..<L {
+                let base = 2 + 6 * (L - 1 - l)
+                for (j, w) in weights.enumerated() { forward[base + j] = 2 * w * perFLOP; backward[base + j] = 4 * w * perFLOP }
+                forward[base + 3] += attention * perFLOP
+                backward[base + 4] += 2 * attention * perFLOP
+            }
+            return Timeline(forward: forward, backward: backward)
+        }
+
+        /// Measured: one micro-batch's forward and backward on this machine, op by op (`runs` times, the fastest).
+        public static func measure(config: GPT2Config, microBatch: Int, seqLen: Int, recompute: Bool, runs: Int = 2) -> Timeline {
+            let model = GPT2Model(config: config)
+            model.initialize(seed: 1)
+            let graph = GPT2Graph(model: model, batch: microBatch, seqLen: seqLen, mode: .train, recompute: recompute)
+            for i in 0..<(microBatch * seqLen) {
+                graph.inputs.pointer[i] = Int32(i * 7919 % config.vocabSize)
+                graph.targets.pointer[i] = Int32(i * 104_729 % config.vocabSize)
+            }
+            let regions = config.gradientRegions.count
+            var best: Timeline?
+            for _ in 0..<max(1, runs) {
+                var forward = [Double](repeating: 0, count: regions), backward = forward
+                var pending = 0.0  // forward time of ops that read no region: charged to the next op that does
+                graph.tape.opSeconds = [Double](repeating: 0, count: graph.tape.ops.count)
+                graph.forward(step: 0, seed: 1)
+                for (i, t) in graph.tape.opSeconds!.enumerated() {
+                    pending += t
+                    if let k = graph.tape.completes[i] { forward[k] += pending; pending = 0 }
+                }
+                forward[0] += pending
+                model.parameters.zeroGradients()
+                graph.defersTokenGradient = true
+                var last = Runtime.now()
+                graph.backward(progress: { k in
+                    let now = Runtime.now()
+                    backward[k] += now - last
+                    last = now
+                })
+                graph.tape.opSeconds = nil
+                let t = Timeline(forward: forward, backward: backward)
+                if best == nil || t.forwardTotal + t.backwardTotal < best!.forwardTotal + best!.backwardTotal { best = t }
+            }
+            return best!
+        }
+    }
+
     public struct Step {
         public var nodes = 0, ranks = 0
         public var compute = 0.0, communication = 0.0, exposedCommunication = 0.0, optimizer = 0.0
@@ -33,25 +106,65 @@ public struct ScalingModel {
         public var tokensPerSecond = 0.0, efficiency = 0.0, bytesPerRank = 0.0
     }
 
+    /// Seconds to sum `bytes` over all ranks (ring inside each node, then across nodes); `half`: a reduce-scatter or
+    /// an all-gather, half of an all-reduce's traffic.
+    func collective(bytes: Double, nodes: Int, ranksPerNode: Int, half: Bool) -> Double {
+        func ring(_ k: Int, _ bw: Double) -> Double {
+            k <= 1 ? 0 : (half ? 1 : 2) * (Double(k - 1) / Double(k) * bytes / bw + Double(k - 1) * latency)
+        }
+        // The node's ranks share its link: each sends its own share of the inter-node ring.
+        return ring(ranksPerNode, sharedMemoryBandwidth) + ring(nodes, networkBandwidth / Double(ranksPerNode))
+    }
+
     public func step(config: GPT2Config, seqLen: Int, microBatch: Int, accumulation: Int, nodes: Int, ranksPerNode: Int,
-                     zero: Bool, activationBytes: Double) -> Step {
+                     zero: Bool, activationBytes: Double, timeline measured: Timeline? = nil) -> Step {
         let ranks = nodes * ranksPerNode
-        let n = Double(config.parameterCount), bytes = 4 * n
+        let n = Double(config.parameterCount)
+        let tokens = microBatch * seqLen
+        let line = measured ?? Timeline.counted(config: config, microBatch: microBatch, seqLen: seqLen, flopsPerRank: flopsPerRank)
+        precondition(line.backward.count == config.gradientRegions.count, "a timeline of another model")
         var s = Step()
         s.nodes = nodes; s.ranks = ranks
-        let tokensPerRank = Double(microBatch * accumulation * seqLen)
-        s.compute = config.flopsPerToken(seqLen: seqLen) * tokensPerRank / flopsPerRank
-        func ring(_ k: Int, _ bw: Double) -> Double {
-            k <= 1 ? 0 : 2 * Double(k - 1) / Double(k) * bytes / bw + 2 * Double(k - 1) * latency
-        }
-        s.communication = ring(ranksPerNode, sharedMemoryBandwidth) + ring(nodes, networkBandwidth)
-        if zero {
-            s.exposedCommunication = s.communication  // reduce-scatter after backward, all-gather after the update
-        } else {
-            let lastBucket = s.communication * min(1, bucketBytes / bytes)
-            s.exposedCommunication = max(lastBucket, s.communication - s.compute * 2 / 3)
+        s.compute = Double(accumulation) * (line.forwardTotal + line.backwardTotal)
+        if ranks > 1 {
+            let schedule = BucketSchedule(regions: config.gradientRegions, bucketFloats: Int(bucketBytes / 4))
+            let sharded = zero
+            func time(_ floats: Int) -> Double {
+                collective(bytes: 4 * Double(floats), nodes: nodes, ranksPerNode: ranksPerNode, half: sharded)
+            }
+            // Backward of the last micro-batch: each bucket leaves when its regions are final and the thread is free.
+            var ready = [Double](repeating: 0, count: schedule.regions.count), clock = 0.0
+            for k in 0..<ready.count { clock += line.backward[k]; ready[k] = clock }
+            var free = 0.0
+            for b in schedule.buckets {
+                free = max(free, ready[b.region]) + time(b.range.count)
+                s.communication += time(b.range.count)
+            }
+            // The token embedding's rows: at most one row per position of the global micro-batch, all-reduced.
+            let rows = Double(min(config.vocabSize, ranks * tokens) * config.embDim) * 4
+            let rowsTime = collective(bytes: rows, nodes: nodes, ranksPerNode: ranksPerNode, half: false)
+            s.communication += rowsTime
+            s.exposedCommunication = max(0, free - line.backwardTotal) + rowsTime
+            if sharded {
+                // The all-gather, in reverse schedule order, during the next forward (after the wte rows it reads first).
+                var clockGather = rowsTime, landed: [Double] = []
+                for b in schedule.buckets.reversed() {
+                    clockGather += time(b.range.count)
+                    landed.append(clockGather)
+                    s.communication += time(b.range.count)
+                }
+                let reversed = Array(schedule.buckets.reversed())
+                var t = rowsTime
+                for k in (0..<schedule.regions.count).reversed() {
+                    let need = (reversed.lastIndex { $0.range.overlaps(schedule.regions[k]) } ?? -1)
+                    if need >= 0 { t = max(t, landed[need]) }
+                    t += line.forward[k]
+                }
+                s.exposedCommunication += t - line.forwardTotal
+            }
         }
         s.optimizer = 28 * n / Double(zero ? ranks : 1) / memoryBandwidthPerRank
+        let tokensPerRank = Double(tokens * accumulation)
         s.tokensPerSecond = tokensPerRank * Double(ranks) / s.total
         let single = tokensPerRank / (s.compute + 28 * n / memoryBandwidthPerRank)
         s.efficiency = s.tokensPerSecond / (single * Double(ranks))

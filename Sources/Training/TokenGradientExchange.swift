@@ -38,10 +38,7 @@ final class TokenGradientExchange {
                 gradients: UnsafeMutablePointer<Float>, wteOffset: Int, keep: Range<Int>) {
         let t0 = Runtime.now()
         let C = channels
-        for i in 0..<globalTokens.count {
-            let t = Int(globalTokens.pointer[i])
-            if slot[t] < 0 { slot[t] = Int32(distinct.count); distinct.append(Int32(t)) }
-        }
+        collectDistinctTokens()
         let rows = distinct.count, sums = compact.pointer
         memset(sums, 0, rows * C * 4)
         // Threads own disjoint channel ranges, so repeated tokens never race.
@@ -58,9 +55,40 @@ final class TokenGradientExchange {
             let lo = wteOffset + Int(t) * C
             let a = max(lo, keep.lowerBound), b = min(lo + C, keep.upperBound)
             if a < b { for j in a..<b { gradients[j] += sums[i * C + j - lo] } }
-            slot[Int(t)] = -1
         }
-        distinct.removeAll(keepingCapacity: true)
+        forgetDistinctTokens()
         seconds = Runtime.now() - t0
+    }
+
+    /// ZeRO-1: the updated wte rows of `globalTokens` from the ranks that own them (`owned`: this rank's block of
+    /// the flat buffer), into every rank's `values`, so that the next forward's token embedding can run while
+    /// the rest of the parameters are still being all-gathered. Each float of a row has one owner and zeros
+    /// elsewhere, so the all-reduced sum is the owner's value exactly.
+    func shareRows(values: UnsafeMutablePointer<Float>, wteOffset: Int, owned: Range<Int>, comm: Communicator) {
+        let C = channels
+        collectDistinctTokens()
+        let rows = distinct.count, sums = compact.pointer
+        memset(sums, 0, rows * C * 4)
+        for (i, t) in distinct.enumerated() {
+            let lo = wteOffset + Int(t) * C
+            let a = max(lo, owned.lowerBound), b = min(lo + C, owned.upperBound)
+            if a < b { for j in a..<b { sums[i * C + j - lo] = values[j] } }
+        }
+        comm.allReduceSum(sums, count: rows * C)
+        for (i, t) in distinct.enumerated() { memcpy(values + wteOffset + Int(t) * C, sums + i * C, C * 4) }
+        forgetDistinctTokens()
+    }
+
+    /// `distinct`: the tokens of `globalTokens` in order of first appearance (the same list on every rank).
+    private func collectDistinctTokens() {
+        for i in 0..<globalTokens.count {
+            let t = Int(globalTokens.pointer[i])
+            if slot[t] < 0 { slot[t] = Int32(distinct.count); distinct.append(Int32(t)) }
+        }
+    }
+
+    private func forgetDistinctTokens() {
+        for t in distinct { slot[Int(t)] = -1 }
+        distinct.removeAll(keepingCapacity: true)
     }
 }

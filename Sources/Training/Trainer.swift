@@ -30,7 +30,7 @@ public final class Trainer {
         while state.step < o.steps {
             let stats = try trainStep(state, plan)
             report(stats, state, plan)
-            if o.checksumEvery > 0 && state.step % o.checksumEvery == 0 { try checkReplicas(state.model.parameters) }
+            if o.checksumEvery > 0 && state.step % o.checksumEvery == 0 { try checkReplicas(state) }
             if let signal = stats.stopSignal {
                 if comm.isRoot { log("  \(StopSignal.describe(signal)) received by a rank: stopping after step \(state.step)") }
                 try checkpoint(state)
@@ -235,9 +235,11 @@ public final class Trainer {
             + "sgemm peak \(String(format: "%.0f", s.sgemmPeak / 1e9)) GFLOP/s per rank")
         let mem = MemoryEstimate(config: cfg, microBatch: plan.micro, seqLen: o.seqLen, ranks: n, zero: s.sharding.sharded,
                                  recompute: o.recompute, activationBytes: s.graph.activationBytes)
-        log("  memory per rank (predicted): \(Runtime.formatBytes(mem.total)) = params \(Runtime.formatBytes(mem.parameters)) + grads "
+        log("  memory per rank (predicted): \(Runtime.formatBytes(mem.rootTotal)) = params \(Runtime.formatBytes(mem.parameters)) + grads "
             + "\(Runtime.formatBytes(mem.gradients)) + AdamW \(Runtime.formatBytes(mem.optimizer)) + activations "
-            + "\(Runtime.formatBytes(mem.activations)) + runtime \(Runtime.formatBytes(MemoryEstimate.runtimeOverhead))")
+            + "\(Runtime.formatBytes(mem.activations)) + runtime \(Runtime.formatBytes(MemoryEstimate.runtimeOverhead))"
+            + (mem.checkpointGather > 0 ? " + checkpoint gather \(Runtime.formatBytes(mem.checkpointGather)) (rank 0 only; "
+               + "ranks > 0: \(Runtime.formatBytes(mem.total)))" : ""))
         let local = Runtime.localRanks
         if local * BLAS.threads > Runtime.nodeCores {
             log("  warning: \(local) ranks x \(BLAS.threads) threads on this node exceed its \(Runtime.nodeCores) cores: "
@@ -274,7 +276,11 @@ public final class Trainer {
             let first = comm.rank * rowsPerRank + k * plan.micro
             s.order.fill(plan.train, step: s.step, firstRow: first, rows: plan.micro,
                          inputs: s.graph.inputs.pointer, targets: s.graph.targets.pointer)
-            s.graph.forward(step: s.step, seed: UInt64(o.seed), rowOffset: first)
+            // ZeRO-1: the previous update's all-gather may still be landing; forward waits region by region.
+            let reducer = s.reducer
+            s.graph.forward(step: s.step, seed: UInt64(o.seed), rowOffset: first,
+                            awaitingParameters: reducer.gathering ? { reducer.awaitParameters(region: $0) } : nil)
+            reducer.awaitAllParameters()
             lossSum += s.graph.lossSum
             // The last micro-batch's backward reduces buckets as it finishes them, wte's dense part first.
             let deferRows = k == plan.accumulation - 1 && s.tokenRows != nil
@@ -282,14 +288,11 @@ public final class Trainer {
             s.graph.backward(progress: deferRows && s.reducer.overlap ? { s.reducer.ready(throughRegion: $0) } : nil)
         }
         s.reducer.finish()
+        let wteOffset = params.layout.entry("wte")!.offset
         if let rows = s.tokenRows {
-            let T = o.seqLen, positions = plan.micro * T, lastMicro = (plan.accumulation - 1) * plan.micro
-            for r in 0..<comm.size {  // every rank's last micro-batch, as that rank reads it
-                s.order.fill(plan.train, step: s.step, firstRow: r * rowsPerRank + lastMicro, rows: plan.micro,
-                             inputs: rows.globalTokens.pointer + r * positions, targets: rows.targetsScratch.pointer + r * positions)
-            }
-            rows.reduce(tokens: s.graph.inputs.pointer, rowGradient: s.graph.embeddingGradient, positions: positions, comm: comm,
-                        gradients: params.gradients.pointer, wteOffset: params.layout.entry("wte")!.offset, keep: s.sharding.mine)
+            fillEveryRanksTokens(rows, s, plan, step: s.step, microBatch: plan.accumulation - 1)
+            rows.reduce(tokens: s.graph.inputs.pointer, rowGradient: s.graph.embeddingGradient, positions: plan.micro * T,
+                        comm: comm, gradients: params.gradients.pointer, wteOffset: wteOffset, keep: s.sharding.mine)
         }
         let commSeconds = s.reducer.waitSeconds + (s.tokenRows?.seconds ?? 0)
         // One all-reduce carries the loss and whether any rank was asked to stop (and by which signal).
@@ -305,7 +308,14 @@ public final class Trainer {
             let lo = s.sharding.mine.lowerBound
             s.optimizer.step(params: params.values.pointer + lo, grads: params.gradients.pointer + lo,
                              lr: lr, t: s.step + 1, gradScale: clip)
-            s.reducer.allGather(params.values.pointer)
+            if s.sharding.sharded {
+                // The next step's first forward reads wte's rows of its tokens first: those now, the rest while it runs.
+                if let rows = s.tokenRows, s.reducer.overlap {
+                    fillEveryRanksTokens(rows, s, plan, step: s.step + 1, microBatch: 0)
+                    rows.shareRows(values: params.values.pointer, wteOffset: wteOffset, owned: s.sharding.mine, comm: comm)
+                }
+                s.reducer.startAllGather(params.values.pointer)
+            }
         } else {
             s.badSteps += 1
             if comm.isRoot { log("  step \(s.step + 1): non-finite loss or gradient norm (loss \(loss), norm \(norm)); update skipped") }
@@ -321,6 +331,15 @@ public final class Trainer {
         let stop: Int32? = agreed[1] == 0 ? nil : agreed[1] == 1 ? Int32(agreed[2]) : SIGTERM
         return StepStats(loss: loss, norm: norm, lr: lr, seconds: Runtime.now() - t0, commSeconds: commSeconds,
                          optimizerSeconds: optimizerSeconds, stopSignal: stop)
+    }
+
+    /// Token ids of micro-batch `microBatch` of every rank at `step`, rank by rank, as each rank reads them.
+    func fillEveryRanksTokens(_ rows: TokenGradientExchange, _ s: State, _ plan: Plan, step: Int, microBatch: Int) {
+        let positions = plan.micro * o.seqLen, rowsPerRank = plan.micro * plan.accumulation
+        for r in 0..<comm.size {
+            s.order.fill(plan.train, step: step, firstRow: r * rowsPerRank + microBatch * plan.micro, rows: plan.micro,
+                         inputs: rows.globalTokens.pointer + r * positions, targets: rows.targetsScratch.pointer + r * positions)
+        }
     }
 
     /// The global gradient norm (each rank holds only its shard's summed gradients under ZeRO-1).
@@ -358,6 +377,7 @@ public final class Trainer {
 
     func validateLoss(_ s: State, _ plan: Plan) throws {
         guard let val = plan.val, o.evalBatches > 0 else { return }
+        s.reducer.awaitAllParameters()  // ZeRO-1's all-gather otherwise overlaps the next forward
         let B = o.batchSize, T = o.seqLen
         let batches = min(o.evalBatches, (val.count - 1) / (B * T))
         let loss = try evaluateLoss(graph: s.graph, data: val, batchSize: B, seqLen: T, batches: batches, comm: comm)
@@ -372,6 +392,7 @@ public final class Trainer {
     /// Rank 0 writes OUT/ckpt-STEP.h5 (every rank takes part in gathering sharded optimizer state); the file is
     /// verified before it replaces anything, and only then does `latest` move and old checkpoints go.
     func checkpoint(_ s: State) throws {
+        s.reducer.awaitAllParameters()  // ZeRO-1's all-gather otherwise overlaps the next forward
         var failure: String?
         let params = s.model.parameters
         let path = o.out! + "/" + TrainCheckpoint.fileName(step: s.step)
@@ -379,7 +400,7 @@ public final class Trainer {
         if comm.isRoot {
             do { writer = try TrainCheckpoint.Writer(path: path, model: s.model, step: s.step) } catch { failure = "\(error)" }
         }
-        let scratch = s.sharding.sharded ? FloatBuffer(count: s.largestTensor) : nil
+        let scratch = s.sharding.sharded && comm.isRoot ? FloatBuffer(count: s.largestTensor) : nil  // only root gathers
         for (group, local) in [("m", s.optimizer.m.pointer), ("v", s.optimizer.v.pointer)] {
             for e in params.layout.entries {
                 let full = s.sharding.gather(e, local: local, scratch: scratch?.pointer ?? local, comm: comm)
@@ -416,7 +437,9 @@ public final class Trainer {
     }
 
     /// All ranks must hold bit-identical parameters; a cheap checksum catches drift.
-    func checkReplicas(_ params: Parameters) throws {
+    func checkReplicas(_ s: State) throws {
+        s.reducer.awaitAllParameters()
+        let params = s.model.parameters
         var sum = 0.0
         let p = params.values.pointer
         for i in Swift.stride(from: 0, to: params.count, by: 97) { sum += Double(p[i]) * Double(i % 13 + 1) }

@@ -120,7 +120,7 @@ struct Info: ParsableCommand {
             let T = seqLen ?? cfg.contextLength
             guard T > 0, T <= cfg.contextLength else { throw TrainError("--seq-len must be in 1...\(cfg.contextLength)") }
             let mem = MemoryEstimate(config: cfg, microBatch: micro, seqLen: T, ranks: ranks, zero: zero == 1, recompute: recompute)
-            let n = Double(cfg.parameterCount), adam = mem.optimizer, act = mem.activations, total = mem.total
+            let n = Double(cfg.parameterCount), adam = mem.optimizer + mem.checkpointGather, act = mem.activations, total = mem.rootTotal
             if json {
                 print("""
                 {"parameters": \(cfg.parameterCount), "parameters_untied": \(cfg.untiedParameterCount), \

@@ -65,7 +65,8 @@ public final class BucketedAllReduce: @unchecked Sendable {
         // Every rank takes the same branch (the thread level is the job's), so the collective dup is safe.
         let own = overlap && comm.size > 1 && comm.threadMultiple ? comm.duplicate(sleepsWhileWaiting: true) : nil
         self.overlap = own != nil
-        worker = Worker(comm: own ?? comm, base: base, blockSize: blockSize)
+        worker = Worker(comm: own ?? comm, base: base, blockSize: blockSize,
+                        largestBucket: schedule.buckets.map(\.range.count).max() ?? 1)
         if self.overlap {
             // The thread owns the worker (not self), so it never touches a released reducer.
             let w = worker
@@ -91,9 +92,15 @@ public final class BucketedAllReduce: @unchecked Sendable {
         var commSeconds = 0.0
         private var gathered = 0  // all-gather tasks done since the last `resetGathered`
 
-        init(comm: Communicator, base: UnsafeMutablePointer<Float>, blockSize: Int?) {
+        /// The ring reduce-scatter's receive buffer (ZeRO-1 on the communication thread): the largest bucket.
+        private let scratch: UnsafeMutablePointer<Float>?
+
+        init(comm: Communicator, base: UnsafeMutablePointer<Float>, blockSize: Int?, largestBucket: Int) {
             self.comm = comm; self.base = base; self.blockSize = blockSize
+            scratch = blockSize != nil && comm.sleepsWhileWaiting ? .allocate(capacity: max(1, largestBucket)) : nil
         }
+
+        deinit { scratch?.deallocate() }
 
         func locked<R>(_ body: () -> R) -> R { lock.lock(); defer { lock.unlock() }; return body() }
 
@@ -130,9 +137,13 @@ public final class BucketedAllReduce: @unchecked Sendable {
             let t0 = DispatchTime.now().uptimeNanoseconds
             if let block = blockSize {
                 let (counts, offsets) = BucketedAllReduce.split(r, blockSize: block, ranks: comm.size)
-                comm.reduceScatterSumInPlace(base + r.lowerBound, counts: counts)
-                if counts[comm.rank] > 0 && offsets[comm.rank] > 0 {
-                    memmove(base + r.lowerBound + offsets[comm.rank], base + r.lowerBound, counts[comm.rank] * 4)
+                if let scratch {
+                    comm.ringReduceScatter(base + r.lowerBound, counts: counts, offsets: offsets, scratch: scratch)
+                } else {
+                    comm.reduceScatterSumInPlace(base + r.lowerBound, counts: counts)
+                    if counts[comm.rank] > 0 && offsets[comm.rank] > 0 {
+                        memmove(base + r.lowerBound + offsets[comm.rank], base + r.lowerBound, counts[comm.rank] * 4)
+                    }
                 }
             } else {
                 comm.allReduceSum(base + r.lowerBound, count: r.count)
@@ -143,7 +154,11 @@ public final class BucketedAllReduce: @unchecked Sendable {
         func gather(_ params: UnsafeMutablePointer<Float>, _ r: Range<Int>) {
             let t0 = DispatchTime.now().uptimeNanoseconds
             let (counts, offsets) = BucketedAllReduce.split(r, blockSize: blockSize!, ranks: comm.size)
-            comm.allGatherInPlace(params + r.lowerBound, counts: counts, displacements: offsets)
+            if scratch != nil {
+                comm.ringAllGather(params + r.lowerBound, counts: counts, offsets: offsets)
+            } else {
+                comm.allGatherInPlace(params + r.lowerBound, counts: counts, displacements: offsets)
+            }
             addTime(since: t0)
         }
 

@@ -73,6 +73,8 @@ public final class Communicator: @unchecked Sendable {
     /// the communication thread, which shares its core with backward, that spin slowed 2 Gbit/s steps by ~25%. Each
     /// test also moves the transfer on, so the pause is a trade: every wake-up preempts backward's kernels, and too
     /// few tests leave the link idle (124M, 2 nodes x 1 core, 2 Gbit/s: 7.4 s/step at 50 µs, 6.5 s at 200 µs).
+    static let maxPause: UInt32 = 200
+
     private func waitSleeping(_ request: inout MPI_Request?, _ what: String) {
         var done: Int32 = 0
         var pause: UInt32 = 20
@@ -80,7 +82,7 @@ public final class Communicator: @unchecked Sendable {
             check(MPI_Test(&request, &done, gd_mpi_status_ignore()), what)
             if done != 0 { return }
             usleep(pause)
-            pause = min(pause * 2, 200)
+            pause = min(pause * 2, Self.maxPause)
         }
     }
 
@@ -151,6 +153,50 @@ public final class Communicator: @unchecked Sendable {
             }
         } else {
             check(MPI_Reduce_scatter(gd_mpi_in_place(), buffer, c, gd_mpi_float(), gd_mpi_sum(), comm), "reduce-scatter")
+        }
+    }
+
+    /// Ring reduce-scatter in place, for the communication thread (non-blocking sends and receives, sleeping waits):
+    /// rank r ends with the sum of block r (counts[r] floats at buffer + offsets[r]) at that place. N−1 steps, each
+    /// sending one block to the next rank and adding the previous rank's into its own, so every link carries
+    /// (N−1)/N of the buffer in each direction at once. (libnbc's non-blocking reduce-scatter reduces everything to
+    /// rank 0 and scatters it back: one direction at a time, 1.5x the bytes.) `scratch` holds the largest block.
+    public func ringReduceScatter(_ buffer: UnsafeMutablePointer<Float>, counts: [Int], offsets: [Int],
+                                  scratch: UnsafeMutablePointer<Float>) {
+        guard usesMPI, size > 1 else { return }
+        let right = (rank + 1) % size, left = (rank + size - 1) % size
+        for step in 0..<(size - 1) {
+            let send = (rank - 1 - step + 2 * size) % size, receive = (rank - 2 - step + 2 * size) % size
+            exchange(send: buffer + offsets[send], sendCount: counts[send], to: right,
+                     receive: scratch, receiveCount: counts[receive], from: left, "reduce-scatter")
+            let into = buffer + offsets[receive]
+            for i in 0..<counts[receive] { into[i] += scratch[i] }
+        }
+    }
+
+    /// Ring all-gather in place, the inverse: block q (counts[q] floats at buffer + offsets[q]) from rank q to all.
+    public func ringAllGather(_ buffer: UnsafeMutablePointer<Float>, counts: [Int], offsets: [Int]) {
+        guard usesMPI, size > 1 else { return }
+        let right = (rank + 1) % size, left = (rank + size - 1) % size
+        for step in 0..<(size - 1) {
+            let send = (rank - step + size) % size, receive = (rank - step - 1 + 2 * size) % size
+            exchange(send: buffer + offsets[send], sendCount: counts[send], to: right,
+                     receive: buffer + offsets[receive], receiveCount: counts[receive], from: left, "all-gather")
+        }
+    }
+
+    /// One send and one receive at once, completed with sleeping waits when `sleepsWhileWaiting`.
+    private func exchange(send: UnsafeMutablePointer<Float>, sendCount: Int, to: Int, receive: UnsafeMutablePointer<Float>,
+                          receiveCount: Int, from: Int, _ what: String) {
+        var requests: [MPI_Request?] = [gd_mpi_request_null(), gd_mpi_request_null()]
+        check(MPI_Irecv(receive, Int32(receiveCount), gd_mpi_float(), Int32(from), 7, comm, &requests[0]), what)
+        check(MPI_Isend(send, Int32(sendCount), gd_mpi_float(), Int32(to), 7, comm, &requests[1]), what)
+        var done: Int32 = 0
+        var pause: UInt32 = 20
+        while true {
+            check(MPI_Testall(2, &requests, &done, gd_mpi_statuses_ignore()), what)
+            if done != 0 { return }
+            if sleepsWhileWaiting { usleep(pause); pause = min(pause * 2, Self.maxPause) }
         }
     }
 

@@ -234,10 +234,11 @@ public final class Trainer {
             + "train tokens \(plan.train.count)\(plan.val.map { ", val tokens \($0.count)" } ?? ""); "
             + "sgemm peak \(String(format: "%.0f", s.sgemmPeak / 1e9)) GFLOP/s per rank")
         let mem = MemoryEstimate(config: cfg, microBatch: plan.micro, seqLen: o.seqLen, ranks: n, zero: s.sharding.sharded,
-                                 recompute: o.recompute, activationBytes: s.graph.activationBytes)
+                                 recompute: o.recompute, activationBytes: s.graph.activationBytes, bucketMb: o.bucketMb)
         log("  memory per rank (predicted): \(Runtime.formatBytes(mem.rootTotal)) = params \(Runtime.formatBytes(mem.parameters)) + grads "
             + "\(Runtime.formatBytes(mem.gradients)) + AdamW \(Runtime.formatBytes(mem.optimizer)) + activations "
             + "\(Runtime.formatBytes(mem.activations)) + runtime \(Runtime.formatBytes(MemoryEstimate.runtimeOverhead))"
+            + (mem.communication > 0 ? " + reduce-scatter buffer \(Runtime.formatBytes(mem.communication))" : "")
             + (mem.checkpointGather > 0 ? " + checkpoint gather \(Runtime.formatBytes(mem.checkpointGather)) (rank 0 only; "
                + "ranks > 0: \(Runtime.formatBytes(mem.total)))" : ""))
         let local = Runtime.localRanks

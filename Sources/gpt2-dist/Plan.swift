@@ -33,6 +33,8 @@ struct Plan: ParsableCommand {
     @Option(help: "Intra-node all-reduce bandwidth, GB/s (measured here: ~4 GB/s for 2 ranks).") var sharedMemoryGbps = 4.0
     @Option(parsing: .upToNextOption, help: "Network bandwidth per node and direction, Gbit/s (several: one table each).")
     var networkGbps: [Double] = [100]
+    @Option(help: "CPU ns per byte a rank sends or receives, taken from its compute (0.9 measured over veth here; less with NIC offloads).")
+    var commCpuNsPerByte = ScalingModel.defaultCpuSecondsPerByte * 1e9
     @Flag(help: "One JSON object per line (config, nodes, network, predicted times) instead of tables.") var json = false
     @Option(help: "Latency per hop, microseconds.") var latencyUs = 5.0
     @Flag(help: "AdamW state sharded (ZeRO-1).") var zero = false
@@ -49,6 +51,9 @@ struct Plan: ParsableCommand {
                 throw TrainError("--\(flag) must be a finite number > 0, got \(v)")
             }
             guard latencyUs.isFinite, latencyUs >= 0 else { throw TrainError("--latency-us must be a finite number >= 0, got \(latencyUs)") }
+            guard commCpuNsPerByte.isFinite, commCpuNsPerByte >= 0 else {
+                throw TrainError("--comm-cpu-ns-per-byte must be a finite number >= 0, got \(commCpuNsPerByte)")
+            }
             guard bucketMb.isFinite, bucketMb > 0 else { throw TrainError("--bucket-mb must be a finite number > 0, got \(bucketMb)") }
             let rate = gflopsPerRank * 1e9
             if measure { Runtime.setThreads(threadsPerRank) }
@@ -64,6 +69,7 @@ struct Plan: ParsableCommand {
                                          sharedMemoryBandwidth: sharedMemoryGbps * 1e9, networkBandwidth: gbps * 1e9 / 8,
                                          latency: latencyUs * 1e-6)
                     m.bucketBytes = bucketMb * 1_048_576
+                    m.cpuSecondsPerByte = commCpuNsPerByte * 1e-9
                     if !json {
                         print(String(format: "\n%@: %@ parameters; compute %@, %d ranks/node, network %g Gbit/s, buckets %g MB, "
                                      + "micro-batch %d x %d tokens, accumulation %d%@%@", path, grouped(cfg.parameterCount),

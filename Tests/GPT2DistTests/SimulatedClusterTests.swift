@@ -151,15 +151,25 @@ struct SimulatedClusterTests {
         #expect(sim.leftovers.isEmpty, "left behind: \(sim.leftovers)")
     }
 
-    /// Setup faults: one line, non-zero, nothing left behind.
-    @Test func badLinkOptionsAreOneLineErrorsAndLeaveNothing() throws {
+    /// Setup faults and an unreachable host: one line, non-zero, nothing left behind.
+    @Test func badSetupsAreOneLineErrorsAndLeaveNothing() throws {
         let dir = tmpDir("sim-bad")
-        for (args, needle) in [(["--rate", "fast"], "--rate"), (["--delay", "1ms"], "netem"), (["--nodes", "0"], "--nodes"),
-                               (["--burst", "1xb", "--rate", "1gbit"], "shaping")] {
+        let name = SimCluster("bad", dir: dir).name
+        // A hostfile naming a host that does not exist: mpirun-cluster asks every host through mpirun's launch agent first.
+        let hostfile = dir + "/hosts"
+        try "\(name)-0 slots=1\nnosuchhost slots=1\n".write(toFile: hostfile, atomically: true, encoding: .utf8)
+        let unreachable = ["--shell", "--", repoRoot + "/Launch/mpirun-cluster", "--hostfile", hostfile, "--ranks-per-node", "1",
+                           "--threads-per-rank", "1", "--", "bench-comm"]
+        let cases: [(args: [String], needle: String)] = [
+            (["--rate", "fast", "--shell", "--", "true"], "--rate"), (["--delay", "1ms", "--shell", "--", "true"], "netem"),
+            (["--nodes", "0", "--shell", "--", "true"], "--nodes"), (["--burst", "1xb", "--rate", "1gbit", "--shell", "--", "true"], "shaping"),
+            (unreachable, "cannot reach nosuchhost"),
+        ]
+        for (args, needle) in cases {
             let sim = SimCluster("bad", dir: dir)
             let p = Process()
             p.executableURL = URL(fileURLWithPath: SimCluster.script)
-            p.arguments = ["--name", sim.name] + args + ["--shell", "--", "true"]
+            p.arguments = ["--name", sim.name] + args
             p.environment = CLI.environment
             let err = Pipe()
             p.standardError = err
@@ -167,7 +177,8 @@ struct SimulatedClusterTests {
             try p.run()
             let text = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
             p.waitUntilExit()
-            let lines = text.split(separator: "\n")
+            // sim-cluster's own banner comes first once the nodes exist; the error is the one line after it.
+            let lines = text.split(separator: "\n").filter { !$0.hasPrefix("sim-cluster: \(2) node(s)") }
             // --delay works where the kernel has sch_netem: then there is no error to check.
             if needle == "netem" && p.terminationStatus == 0 { continue }
             #expect(p.terminationStatus != 0, "\(args): exit 0")

@@ -63,7 +63,15 @@ struct Plan: ParsableCommand {
                 let T = min(seqLen, cfg.contextLength)
                 let act = Double(GPT2Graph(model: GPT2Model(config: cfg), batch: microBatch, seqLen: T, mode: .train,
                                            recompute: recompute).activationBytes)
-                let timeline = measure ? ScalingModel.Timeline.measure(config: cfg, microBatch: microBatch, seqLen: T, recompute: recompute) : nil
+                // Timing needs the model and one micro-batch's activations in memory here; otherwise it is counted.
+                let needed = MemoryEstimate(config: cfg, microBatch: microBatch, seqLen: T, ranks: 1, zero: false, recompute: recompute,
+                                            activationBytes: Int(act)).total
+                let fits = needed < 0.8 * Double(ProcessInfo.processInfo.physicalMemory)
+                if measure && !fits {
+                    FileHandle.standardError.write(Data("plan: \(path): timing it would need \(Runtime.formatBytes(needed)) here; compute is counted\n".utf8))
+                }
+                let timeline = measure && fits
+                    ? ScalingModel.Timeline.measure(config: cfg, microBatch: microBatch, seqLen: T, recompute: recompute) : nil
                 for gbps in networkGbps {
                     var m = ScalingModel(flopsPerRank: rate, memoryBandwidthPerRank: memoryGbps * 1e9,
                                          sharedMemoryBandwidth: sharedMemoryGbps * 1e9, networkBandwidth: gbps * 1e9 / 8,
@@ -73,7 +81,7 @@ struct Plan: ParsableCommand {
                     if !json {
                         print(String(format: "\n%@: %@ parameters; compute %@, %d ranks/node, network %g Gbit/s, buckets %g MB, "
                                      + "micro-batch %d x %d tokens, accumulation %d%@%@", path, grouped(cfg.parameterCount),
-                                     measure ? "timed here op by op (\(threadsPerRank) thread(s))" : String(format: "%.0f GFLOP/s per rank", rate / 1e9),
+                                     timeline != nil ? "timed here op by op (\(threadsPerRank) thread(s))" : String(format: "%.0f GFLOP/s per rank", rate / 1e9),
                                      ranksPerNode, gbps, bucketMb, microBatch, T, accumulation, zero ? ", ZeRO-1" : "", recompute ? ", recompute" : ""))
                         print("  nodes  ranks  step(s)  compute  comm(exposed)  optimizer   tokens/s  efficiency  memory/rank")
                     }

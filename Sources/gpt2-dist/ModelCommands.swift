@@ -134,8 +134,9 @@ struct Info: ParsableCommand {
             print("per rank (\(ranks) rank(s), micro-batch \(micro) x \(T) tokens\(zero == 1 ? ", ZeRO-1" : "")\(recompute ? ", recompute" : "")):")
             print("  parameters  \(Runtime.formatBytes(4 * n))")
             print("  gradients   \(Runtime.formatBytes(4 * n))")
-            print("  AdamW m, v  \(Runtime.formatBytes(adam))")
+            print("  AdamW m, v  \(Runtime.formatBytes(adam))\(mem.checkpointGather > 0 ? " (includes rank 0's checkpoint gather buffer, \(Runtime.formatBytes(mem.checkpointGather)))" : "")")
             print("  activations \(Runtime.formatBytes(act))")
+            if mem.communication > 0 { print("  reduce-scatter buffer \(Runtime.formatBytes(mem.communication)) (one gradient bucket)") }
             print("  runtime     \(Runtime.formatBytes(MemoryEstimate.runtimeOverhead)) (libraries and buffers, measured)")
             print("  total       \(Runtime.formatBytes(total)) (compare with the peak RSS train reports)")
             print(String(format: "training FLOPs per token: %.3g (6N + 12·L·C·T)", cfg.flopsPerToken(seqLen: T)))

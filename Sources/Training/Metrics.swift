@@ -109,13 +109,17 @@ public enum LossPlot {
         <text x="\(w / 2)" y="22" text-anchor="middle" font-size="15">\(esc(title))</text>
 
         """
-        for i in 0...5 {
-            let yv = y0 + (y1 - y0) * Double(i) / 5, yy = py(yv)
+        let yTicks = niceTicks(y0, y1), yDecimals = max(0, -Int(floor(log10(yTicks.step) + 1e-9)))
+        for yv in yTicks.values {
+            let yy = py(yv)
             s += String(format: "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", left, yy, left + pw, yy)
-            s += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.3f</text>\n", left - 6, yy + 4, yv)
-            let xv = x0 + (x1 - x0) * Double(i) / 5, xx = px(xv)
+            s += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.*f</text>\n", left - 6, yy + 4, Int32(yDecimals), yv)
+        }
+        let xTicks = niceTicks(x0, x1, integral: true)
+        for xv in xTicks.values {
+            let xx = px(xv)
             s += String(format: "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", xx, top, xx, top + ph)
-            s += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%d</text>\n", xx, top + ph + 18, Int(xv.rounded()))
+            s += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%.0f</text>\n", xx, top + ph + 18, xv)
         }
         s += String(format: "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"black\"/>\n", left, top, pw, ph)
         s += "<text x=\"\(left + pw / 2)\" y=\"\(h - 12)\" text-anchor=\"middle\">step</text>\n"
@@ -131,6 +135,24 @@ public enum LossPlot {
         s += "<line x1=\"\(lx)\" y1=\"\(top + 15)\" x2=\"\(lx + 25)\" y2=\"\(top + 15)\" stroke=\"#1f77b4\" stroke-width=\"2\"/><text x=\"\(lx + 32)\" y=\"\(top + 19)\">train loss</text>\n"
         s += "<line x1=\"\(lx)\" y1=\"\(top + 33)\" x2=\"\(lx + 25)\" y2=\"\(top + 33)\" stroke=\"#d62728\" stroke-width=\"2\"/><text x=\"\(lx + 32)\" y=\"\(top + 37)\">validation loss</text>\n"
         return s + "</svg>\n"
+    }
+
+    /// Axis ticks at round values: multiples of 1, 2 or 5 x 10^k, about `target` of them inside [lo, hi]
+    /// (`integral`: steps of at least 1, for step numbers).
+    static func niceTicks(_ lo: Double, _ hi: Double, target: Int = 5, integral: Bool = false) -> (values: [Double], step: Double) {
+        guard hi > lo, lo.isFinite, hi.isFinite else { return ([lo], 1) }
+        let raw = (hi - lo) / Double(max(1, target))
+        let magnitude = pow(10, floor(log10(raw)))
+        var step = [1.0, 2, 5, 10].map { $0 * magnitude }.min { abs((hi - lo) / $0 - Double(target)) < abs((hi - lo) / $1 - Double(target)) }!
+        if integral { step = max(1, step.rounded()) }
+        let first = (lo / step - 1e-9).rounded(.up)
+        var values: [Double] = []
+        var i = 0.0
+        while (first + i) * step <= hi + step * 1e-9 {
+            values.append((first + i) * step)
+            i += 1
+        }
+        return (values, step)
     }
 
     /// Reads runDir/metrics.h5 and writes runDir/loss.svg (atomically).

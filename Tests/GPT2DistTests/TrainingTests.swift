@@ -136,3 +136,22 @@ struct BucketScheduleTests {
         }
     }
 }
+
+/// The loss plot's axes are labelled at round values (1, 2 or 5 x 10^k), never at arbitrary fractions of the range.
+struct LossPlotTicksTests {
+    @Test(arguments: [(8.399, 11.096, false), (1, 150, true), (0.0301, 0.0377, false), (5.2, 5.2000001, false), (1, 3, true),
+                      (-2.5, 7.25, false), (1, 100_000, true)])
+    func ticksAreRoundAndInsideTheRange(lo: Double, hi: Double, integral: Bool) {
+        let (values, step) = LossPlot.niceTicks(lo, hi, integral: integral)
+        let mantissa = step / pow(10, floor(log10(step)))
+        #expect([1.0, 2, 5].contains { abs(mantissa - $0) < 1e-9 }, "step \(step)")
+        if integral { #expect(step >= 1) }
+        #expect(values.count >= 1 && values.count <= 11, "\(values)")
+        for v in values {
+            #expect(v >= lo - 1e-9 * step && v <= hi + 1e-9 * step, "\(v) outside [\(lo), \(hi)]")
+            #expect(abs(v / step - (v / step).rounded()) < 1e-6, "\(v) is not a multiple of \(step)")
+        }
+        let svg = LossPlot.svg(steps: [lo, hi], train: [lo, hi], valSteps: [], val: [], title: "t")
+        #expect(!svg.contains("11.096") && !svg.contains(">51<"), "labels at raw fractions of the range")
+    }
+}

@@ -39,6 +39,13 @@ public struct BucketSchedule: Sendable {
         self.buckets = buckets
     }
 
+    /// ZeRO-1's all-gather goes bucket by bucket in reverse order (the order forward reads the parameters): for
+    /// each region, how many of those all-gathers must be done before the region is complete.
+    public var gathersNeeded: [Int] {
+        let reversed = Array(buckets.reversed())
+        return regions.map { region in (reversed.lastIndex { $0.range.overlaps(region) } ?? -1) + 1 }
+    }
+
     /// One region: the whole buffer, cut from its end (a buffer with no backward behind it, as in bench-comm).
     public init(count: Int, bucketFloats: Int) { self.init(regions: [0..<count], bucketFloats: bucketFloats) }
 }
@@ -154,7 +161,7 @@ public final class BucketedAllReduce: @unchecked Sendable {
         func gather(_ params: UnsafeMutablePointer<Float>, _ r: Range<Int>) {
             let t0 = DispatchTime.now().uptimeNanoseconds
             let (counts, offsets) = BucketedAllReduce.split(r, blockSize: blockSize!, ranks: comm.size)
-            if scratch != nil {
+            if comm.sleepsWhileWaiting {
                 comm.ringAllGather(params + r.lowerBound, counts: counts, offsets: offsets)
             } else {
                 comm.allGatherInPlace(params + r.lowerBound, counts: counts, displacements: offsets)
@@ -214,7 +221,7 @@ public final class BucketedAllReduce: @unchecked Sendable {
     /// schedule), and forward waits only for the regions it is about to use (`awaitParameters`); otherwise it is
     /// done before returning.
     public func startAllGather(_ params: UnsafeMutablePointer<Float>) {
-        guard let block = worker.blockSize, worker.comm.size > 1 else { return }
+        guard worker.blockSize != nil, worker.comm.size > 1 else { return }
         if overlap {
             awaitAllParameters()
             worker.resetGathered()
@@ -222,38 +229,31 @@ public final class BucketedAllReduce: @unchecked Sendable {
             gathering = true
             return
         }
-        for b in schedule.buckets.reversed() {
-            let (counts, offsets) = Self.split(b.range, blockSize: block, ranks: worker.comm.size)
-            worker.comm.allGatherInPlace(params + b.range.lowerBound, counts: counts, displacements: offsets)
-        }
+        for b in schedule.buckets.reversed() { worker.gather(params, b.range) }
     }
 
     /// Whether an all-gather is still landing in the parameters.
     public private(set) var gathering = false
 
-    /// For each region: how many all-gather tasks (in gather order) must be done before it is complete.
-    private lazy var gathersNeeded: [Int] = {
-        let reversed = Array(schedule.buckets.reversed())
-        return schedule.regions.map { region in
-            (reversed.lastIndex { $0.range.overlaps(region) } ?? -1) + 1
-        }
-    }()
+    private lazy var gathersNeeded = schedule.gathersNeeded
 
     /// Blocks until region `region` of the schedule holds every rank's updated parameters.
     public func awaitParameters(region: Int) {
         guard gathering else { return }
-        let t0 = DispatchTime.now().uptimeNanoseconds
-        worker.waitGathered(gathersNeeded[region])
-        waitSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+        awaitGathers(gathersNeeded[region])
     }
 
     /// Blocks until the whole all-gather is done (before anything reads all parameters: evaluation, checkpoints).
     public func awaitAllParameters() {
         guard gathering else { return }
-        let t0 = DispatchTime.now().uptimeNanoseconds
-        worker.waitGathered(schedule.buckets.count)
-        waitSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+        awaitGathers(schedule.buckets.count)
         gathering = false
+    }
+
+    private func awaitGathers(_ count: Int) {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        worker.waitGathered(count)
+        waitSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
     }
 
     public func resetTimers() {

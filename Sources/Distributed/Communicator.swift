@@ -11,7 +11,8 @@ public final class Communicator: @unchecked Sendable {
     /// thread that overlaps backward needs. Always true for a single process.
     public let threadMultiple: Bool
     /// Sums go through non-blocking calls completed by a test-and-sleep loop instead of blocking ones (see
-    /// `waitSleeping`); for a helper thread that shares its core with compute.
+    /// `waitSleeping`); for a helper thread that shares its core with compute. Its reduce-scatter and all-gather
+    /// are `ringReduceScatter` and `ringAllGather`.
     public let sleepsWhileWaiting: Bool
     let comm: MPI_Comm?
 
@@ -75,11 +76,11 @@ public final class Communicator: @unchecked Sendable {
     /// few tests leave the link idle (124M, 2 nodes x 1 core, 2 Gbit/s: 7.4 s/step at 50 µs, 6.5 s at 200 µs).
     static let maxPause: UInt32 = 200
 
-    private func waitSleeping(_ request: inout MPI_Request?, _ what: String) {
+    private func waitSleeping(_ requests: inout [MPI_Request?], _ what: String) {
         var done: Int32 = 0
         var pause: UInt32 = 20
         while true {
-            check(MPI_Test(&request, &done, gd_mpi_status_ignore()), what)
+            check(MPI_Testall(Int32(requests.count), &requests, &done, gd_mpi_statuses_ignore()), what)
             if done != 0 { return }
             usleep(pause)
             pause = min(pause * 2, Self.maxPause)
@@ -99,9 +100,9 @@ public final class Communicator: @unchecked Sendable {
         while done < count {  // MPI counts are Int32
             let n = min(count - done, Int(Int32.max))
             if sleepsWhileWaiting {
-                var request: MPI_Request? = gd_mpi_request_null()
-                check(MPI_Iallreduce(gd_mpi_in_place(), p + done, Int32(n), gd_mpi_float(), gd_mpi_sum(), comm, &request), "allreduce")
-                waitSleeping(&request, "allreduce")
+                var requests: [MPI_Request?] = [gd_mpi_request_null()]
+                check(MPI_Iallreduce(gd_mpi_in_place(), p + done, Int32(n), gd_mpi_float(), gd_mpi_sum(), comm, &requests[0]), "allreduce")
+                waitSleeping(&requests, "allreduce")
             } else {
                 check(MPI_Allreduce(gd_mpi_in_place(), p + done, Int32(n), gd_mpi_float(), gd_mpi_sum(), comm), "allreduce")
             }
@@ -144,16 +145,7 @@ public final class Communicator: @unchecked Sendable {
     public func reduceScatterSumInPlace(_ buffer: UnsafeMutablePointer<Float>, counts: [Int]) {
         guard usesMPI, size > 1 else { return }
         let c = counts.map { Int32($0) }
-        if sleepsWhileWaiting {
-            c.withUnsafeBufferPointer { counts in  // MPI may read the counts until the request completes
-                var request: MPI_Request? = gd_mpi_request_null()
-                check(MPI_Ireduce_scatter(gd_mpi_in_place(), buffer, counts.baseAddress, gd_mpi_float(), gd_mpi_sum(), comm, &request),
-                      "reduce-scatter")
-                waitSleeping(&request, "reduce-scatter")
-            }
-        } else {
-            check(MPI_Reduce_scatter(gd_mpi_in_place(), buffer, c, gd_mpi_float(), gd_mpi_sum(), comm), "reduce-scatter")
-        }
+        check(MPI_Reduce_scatter(gd_mpi_in_place(), buffer, c, gd_mpi_float(), gd_mpi_sum(), comm), "reduce-scatter")
     }
 
     /// Ring reduce-scatter in place, for the communication thread (non-blocking sends and receives, sleeping waits):
@@ -185,35 +177,20 @@ public final class Communicator: @unchecked Sendable {
         }
     }
 
-    /// One send and one receive at once, completed with sleeping waits when `sleepsWhileWaiting`.
+    /// One send and one receive at once, completed with sleeping waits.
     private func exchange(send: UnsafeMutablePointer<Float>, sendCount: Int, to: Int, receive: UnsafeMutablePointer<Float>,
                           receiveCount: Int, from: Int, _ what: String) {
         var requests: [MPI_Request?] = [gd_mpi_request_null(), gd_mpi_request_null()]
         check(MPI_Irecv(receive, Int32(receiveCount), gd_mpi_float(), Int32(from), 7, comm, &requests[0]), what)
         check(MPI_Isend(send, Int32(sendCount), gd_mpi_float(), Int32(to), 7, comm, &requests[1]), what)
-        var done: Int32 = 0
-        var pause: UInt32 = 20
-        while true {
-            check(MPI_Testall(2, &requests, &done, gd_mpi_statuses_ignore()), what)
-            if done != 0 { return }
-            if sleepsWhileWaiting { usleep(pause); pause = min(pause * 2, Self.maxPause) }
-        }
+        waitSleeping(&requests, what)
     }
 
     /// In-place all-gather of variable blocks: rank r's counts[r] floats sit at buffer + displacements[r].
     public func allGatherInPlace(_ buffer: UnsafeMutablePointer<Float>, counts: [Int], displacements: [Int]) {
         guard usesMPI, size > 1 else { return }
         let c = counts.map { Int32($0) }, d = displacements.map { Int32($0) }
-        if sleepsWhileWaiting {
-            c.withUnsafeBufferPointer { c in d.withUnsafeBufferPointer { d in  // read by MPI until the request completes
-                var request: MPI_Request? = gd_mpi_request_null()
-                check(MPI_Iallgatherv(gd_mpi_in_place(), 0, gd_mpi_float(), buffer, c.baseAddress, d.baseAddress, gd_mpi_float(),
-                                      comm, &request), "allgather")
-                waitSleeping(&request, "allgather")
-            } }
-        } else {
-            check(MPI_Allgatherv(gd_mpi_in_place(), 0, gd_mpi_float(), buffer, c, d, gd_mpi_float(), comm), "allgather")
-        }
+        check(MPI_Allgatherv(gd_mpi_in_place(), 0, gd_mpi_float(), buffer, c, d, gd_mpi_float(), comm), "allgather")
     }
 
     /// Root receives counts[r] floats from each rank r at out + displacements[r].

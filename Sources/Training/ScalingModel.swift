@@ -139,9 +139,8 @@ public struct ScalingModel {
         s.compute = Double(accumulation) * (line.forwardTotal + line.backwardTotal)
         if ranks > 1 {
             let schedule = BucketSchedule(regions: config.gradientRegions, bucketFloats: Int(bucketBytes / 4))
-            let sharded = zero
             func time(_ floats: Int) -> Double {
-                collective(bytes: 4 * Double(floats), nodes: nodes, ranksPerNode: ranksPerNode, half: sharded)
+                collective(bytes: 4 * Double(floats), nodes: nodes, ranksPerNode: ranksPerNode, half: zero)
             }
             // Backward of the last micro-batch: each bucket leaves when its regions are final and the thread is free.
             var ready = [Double](repeating: 0, count: schedule.regions.count), clock = 0.0
@@ -157,9 +156,8 @@ public struct ScalingModel {
             s.communication += rowsTime
             s.exposedCommunication = max(0, free - line.backwardTotal) + rowsTime
             // Each rank sends and receives 2(k-1)/k of the gradient (ring all-reduce, or reduce-scatter + all-gather).
-            let k = Double(nodes * ranksPerNode)
-            s.compute += cpuSecondsPerByte * 2 * 2 * (k - 1) / k * 4 * n
-            if sharded {
+            s.compute += cpuSecondsPerByte * 2 * 2 * Double(ranks - 1) / Double(ranks) * 4 * n
+            if zero {
                 // The all-gather, in reverse schedule order, during the next forward (after the wte rows it reads first).
                 var clockGather = rowsTime, landed: [Double] = []
                 for b in schedule.buckets.reversed() {
@@ -167,11 +165,10 @@ public struct ScalingModel {
                     landed.append(clockGather)
                     s.communication += time(b.range.count)
                 }
-                let reversed = Array(schedule.buckets.reversed())
+                let needed = schedule.gathersNeeded
                 var t = rowsTime
                 for k in (0..<schedule.regions.count).reversed() {
-                    let need = (reversed.lastIndex { $0.range.overlaps(schedule.regions[k]) } ?? -1)
-                    if need >= 0 { t = max(t, landed[need]) }
+                    if needed[k] > 0 { t = max(t, landed[needed[k] - 1]) }
                     t += line.forward[k]
                 }
                 s.exposedCommunication += t - line.forwardTotal

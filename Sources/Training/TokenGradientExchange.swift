@@ -32,7 +32,7 @@ final class TokenGradientExchange {
     }
 
     /// Sums every rank's rows (this rank's: `tokens`, `rowGradient` [positions, channels]) and adds the sums to
-    /// `wteGradient` (flat offset `wteOffset` in the gradient buffer), only where that buffer is in `keep`
+    /// wte's rows in `gradients` (wte at flat offset `wteOffset`), only where that buffer is in `keep`
     /// (the rank's block under ZeRO-1, else everything).
     func reduce(tokens: UnsafePointer<Int32>, rowGradient: UnsafePointer<Float>, positions: Int, comm: Communicator,
                 gradients: UnsafeMutablePointer<Float>, wteOffset: Int, keep: Range<Int>) {
@@ -53,8 +53,7 @@ final class TokenGradientExchange {
         comm.allReduceSum(sums, count: rows * C)
         for (i, t) in distinct.enumerated() {
             let lo = wteOffset + Int(t) * C
-            let a = max(lo, keep.lowerBound), b = min(lo + C, keep.upperBound)
-            if a < b { for j in a..<b { gradients[j] += sums[i * C + j - lo] } }
+            for j in row(lo, within: keep) { gradients[j] += sums[i * C + j - lo] }
         }
         forgetDistinctTokens()
         seconds = Runtime.now() - t0
@@ -71,12 +70,17 @@ final class TokenGradientExchange {
         memset(sums, 0, rows * C * 4)
         for (i, t) in distinct.enumerated() {
             let lo = wteOffset + Int(t) * C
-            let a = max(lo, owned.lowerBound), b = min(lo + C, owned.upperBound)
-            if a < b { for j in a..<b { sums[i * C + j - lo] = values[j] } }
+            for j in row(lo, within: owned) { sums[i * C + j - lo] = values[j] }
         }
         comm.allReduceSum(sums, count: rows * C)
         for (i, t) in distinct.enumerated() { memcpy(values + wteOffset + Int(t) * C, sums + i * C, C * 4) }
         forgetDistinctTokens()
+    }
+
+    /// The flat offsets of the row starting at `start` that lie in `range` (empty when none).
+    private func row(_ start: Int, within range: Range<Int>) -> Range<Int> {
+        let a = max(start, range.lowerBound), b = min(start + channels, range.upperBound)
+        return a < b ? a..<b : a..<a
     }
 
     /// `distinct`: the tokens of `globalTokens` in order of first appearance (the same list on every rank).

@@ -180,7 +180,7 @@ public final class Trainer {
             if let i = plan.initPath {
                 // Straight into the flat buffer: no second copy of the model (it may be 1.5B parameters).
                 let f = try HDF5File.open(i)
-                defer { try? f.close() }
+                defer { f.close() }
                 try ModelFile.readTensors(f, group: "/params", layout: params.layout, into: params.values.pointer)
             } else {
                 s.model.initialize(seed: UInt64(o.seed))

@@ -137,6 +137,7 @@ public struct ScalingModel {
         var s = Step()
         s.nodes = nodes; s.ranks = ranks
         s.compute = Double(accumulation) * (line.forwardTotal + line.backwardTotal)
+        let computeAlone = s.compute  // one rank on its own moves no gradient bytes
         if ranks > 1 {
             let schedule = BucketSchedule(regions: config.gradientRegions, bucketFloats: Int(bucketBytes / 4))
             func time(_ floats: Int) -> Double {
@@ -177,7 +178,7 @@ public struct ScalingModel {
         s.optimizer = 28 * n / Double(zero ? ranks : 1) / memoryBandwidthPerRank
         let tokensPerRank = Double(tokens * accumulation)
         s.tokensPerSecond = tokensPerRank * Double(ranks) / s.total
-        let single = tokensPerRank / (s.compute + 28 * n / memoryBandwidthPerRank)
+        let single = tokensPerRank / (computeAlone + 28 * n / memoryBandwidthPerRank)
         s.efficiency = s.tokensPerSecond / (single * Double(ranks))
         s.bytesPerRank = 8 * n + 8 * n / Double(zero ? ranks : 1) + activationBytes
         return s

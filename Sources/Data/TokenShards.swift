@@ -38,8 +38,9 @@ public final class TokenDataset: @unchecked Sendable {
     private let starts: [Int]  // first global token index of each shard
     public let count: Int
 
-    /// Opens shards and validates headers, sizes and (if `vocabSize` is given) every token id.
-    public init(paths: [String], vocabSize: Int?) throws {
+    /// Opens shards and validates headers, sizes and (if `vocabSize` is given) every token id, unless the ids
+    /// are already known to lie below `idsCheckedBelow` <= vocabSize (a manifest vouches for them).
+    public init(paths: [String], vocabSize: Int?, idsCheckedBelow: Int? = nil) throws {
         guard !paths.isEmpty else { throw DataError("no token files given") }
         var shards: [Data] = [], starts: [Int] = [], total = 0
         for path in paths {
@@ -67,7 +68,7 @@ public final class TokenDataset: @unchecked Sendable {
             guard d.count == expected else {
                 throw DataError("\(path): \(d.count - expected) unexpected bytes after \(n) tokens")
             }
-            if let v = vocabSize {
+            if let v = vocabSize, (idsCheckedBelow ?? Int.max) > v {
                 let bad: (Int, Int)? = d.withUnsafeBytes { raw in
                     let t = (raw.baseAddress! + TokenShardFormat.headerBytes).assumingMemoryBound(to: UInt16.self)
                     for i in 0..<n where Int(UInt16(littleEndian: t[i])) >= v { return (i, Int(UInt16(littleEndian: t[i]))) }

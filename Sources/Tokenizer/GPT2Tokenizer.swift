@@ -138,6 +138,30 @@ public final class GPT2Tokenizer: Sendable {
         }
     }
 
+    /// An encoder that keeps its BPE scratch and cache across calls: for many documents on one thread
+    /// (a JSONL collection), one session per thread instead of one state per call. Not for sharing between threads.
+    public final class Session {
+        let state: EncodeState
+        init(_ storage: VocabStorage) { state = EncodeState(vocab: storage) }
+
+        /// Encodes valid UTF-8 `text` (as `encode(_:allowSpecial:)` does) into `out`, which must hold
+        /// `text.count` ids (a text of n bytes has at most n tokens); returns the number written.
+        public func encode(validUTF8 text: UnsafeBufferPointer<UInt8>, allowSpecial: Bool = false,
+                           into out: UnsafeMutablePointer<Int32>) -> Int {
+            guard let base = text.baseAddress, text.count > 0 else { return 0 }
+            return state.encode(base, 0, text.count, allowSpecial: allowSpecial, out)
+        }
+    }
+
+    public func session() -> Session { Session(storage) }
+
+    /// The first position in [from, limit) of `text` where it can be cut without changing the ids (see
+    /// `encodeParallel`), or nil.
+    public func safeCut(_ text: UnsafeBufferPointer<UInt8>, from: Int, limit: Int) -> Int? {
+        guard let base = text.baseAddress else { return nil }
+        return safeCut(base, from: from, limit: min(limit, text.count), end: text.count)
+    }
+
     func encode(validUTF8 buf: UnsafeBufferPointer<UInt8>, allowSpecial: Bool) -> [Int32] {
         let n = buf.count
         guard n > 0, let base = buf.baseAddress else { return [] }

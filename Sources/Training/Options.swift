@@ -55,6 +55,8 @@ public struct TrainOptions: ParsableArguments {
     public var initFrom: String?
     @Option(help: "Resume: alone, the newest complete checkpoint in --out; or a checkpoint file. The run's stored settings apply, then --run-config, then flags.")
     public var resume: String?
+    @Flag(help: "With --resume: continue even though --data now holds a different dataset than the checkpoint was trained on (by its manifest id).")
+    public var allowDataChange = false
     @Option(help: "Checkpoint every N steps (0: only at the end and on preemption).")
     public var ckptEvery = 0
     @Option(help: "Keep only the newest N checkpoints (0: keep all).")
@@ -81,7 +83,7 @@ public struct TrainOptions: ParsableArguments {
 
     /// Options that say where a run starts, not how it trains: never taken from a checkpoint's stored settings.
     /// (`threads` describes the machine, not the run.)
-    static let notRestored: Set<String> = ["run-config", "config", "init-from", "resume", "threads"]
+    static let notRestored: Set<String> = ["run-config", "config", "init-from", "resume", "threads", "allow-data-change"]
 
     // MARK: layering
 

@@ -2,84 +2,576 @@ import Data
 import Foundation
 import Tokenizer
 
-/// Tokenizes text files into llm.c token shards: each file is one document, preceded by <|endoftext|>
-/// (as llm.c's preprocessing does); the last `valFraction` of all tokens becomes val_*.bin, the rest
-/// train_*.bin, at most `shardTokens` per shard. Shards are written to a temporary directory and moved
-/// into place only when everything succeeded, so a failure leaves nothing partial behind.
+/// Tokenizes a corpus of any size into llm.c token shards, streaming: text files (one document each) and JSONL
+/// files (one document per line, the text in `jsonlField`) are read in blocks of about `blockBytes`, tokenized on
+/// `threads` threads, and written to shards of at most `shardTokens` tokens as they fill. Memory stays bounded
+/// by the block size, whatever the corpus size. Each document is preceded by <|endoftext|>, as llm.c does.
+///
+/// Validation takes whole documents, spread evenly over the corpus: document d (0-based, in input order, empty
+/// ones not counted) goes to val when floor((d+1)·f) > floor(d·f), i.e. every 10th document for f = 0.1. A corpus
+/// with fewer than 1/f documents (one big text file, say) falls back to the last f of its tokens.
+///
+/// Everything is written to a staging directory inside the output directory and moved into place, shards first
+/// and `manifest.json` last, only when the whole corpus succeeded: an error or Ctrl-C leaves no shard under a
+/// final name.
 public struct DatasetPreparer {
     public var inputs: [String]
     public var outDirectory: String
     public var valFraction = 0.1
     public var shardTokens = 100_000_000
     public var lossy = false
+    public var skipBadLines = false
+    public var jsonlField = "text"
     public var threads = 1
+    public var blockBytes = 16 << 20
+    public var vocabulary: [DatasetManifest.Vocabulary] = []
 
     public init(inputs: [String], outDirectory: String) {
         self.inputs = inputs; self.outDirectory = outDirectory
     }
 
-    public struct Summary { public var trainTokens = 0, valTokens = 0, bytes = 0, seconds = 0.0, files: [String] = [] }
+    public struct Progress {
+        public var bytesDone = 0, bytesTotal = 0, documents = 0, tokens = 0
+        public var seconds = 0.0
+        public var line: String {
+            let rate = Double(bytesDone) / max(seconds, 1e-9)
+            return String(format: "prepare: %.1f/%.1f MB, %.1f MB/s, %d documents, %.2fM tokens, ETA %.0f s",
+                          Double(bytesDone) / 1e6, Double(bytesTotal) / 1e6, rate / 1e6, documents, Double(tokens) / 1e6,
+                          Double(bytesTotal - bytesDone) / max(rate, 1))
+        }
+    }
 
-    public func run(tokenizer: GPT2Tokenizer, progress: (String) -> Void) throws -> Summary {
-        guard !inputs.isEmpty else { throw TrainError("give at least one --text file") }
+    public struct Summary {
+        public var manifest: DatasetManifest
+        public var bytes = 0
+        public var seconds = 0.0
+        /// file:line and reason of the first skipped lines (--skip-bad-lines).
+        public var skippedExamples: [String] = []
+    }
+
+    public func run(tokenizer: GPT2Tokenizer, progress: (Progress) -> Void) throws -> Summary {
+        guard !inputs.isEmpty else { throw TrainError("give at least one --text input (file, directory or glob)") }
         guard valFraction >= 0 && valFraction < 1 else { throw TrainError("--val-fraction must be in [0, 1)") }
-        guard shardTokens > 0 else { throw TrainError("--shard-tokens must be positive") }
+        guard shardTokens > 0 && shardTokens <= Int(Int32.max) else { throw TrainError("--shard-tokens must be in 1...\(Int32.max)") }
+        guard !jsonlField.isEmpty else { throw TrainError("--jsonl-field must not be empty") }
         let fm = FileManager.default
         let existing = ((try? fm.contentsOfDirectory(atPath: outDirectory)) ?? []).filter {
-            ($0.hasPrefix("train_") || $0.hasPrefix("val_")) && $0.hasSuffix(".bin")
+            (($0.hasPrefix("train_") || $0.hasPrefix("val_")) && $0.hasSuffix(".bin")) || $0 == DatasetManifest.fileName
         }
-        guard existing.isEmpty else { throw TrainError("\(outDirectory) already holds token shards (\(existing.sorted()[0]), ...); not overwriting") }
-        // Read and check every input before writing anything.
-        var texts: [(String, String)] = []
-        var totalBytes = 0
-        for path in inputs {
-            guard let data = fm.contents(atPath: path) else { throw TrainError("cannot read text file \(path)") }
-            guard let text = String(data: data, encoding: .utf8) ?? (lossy ? String(decoding: data, as: UTF8.self) : nil) else {
-                throw TrainError("\(path) is not valid UTF-8 (pass --lossy to replace bad bytes with U+FFFD)")
-            }
-            texts.append((path, text))
-            totalBytes += data.count
+        guard existing.isEmpty else {
+            throw TrainError("\(outDirectory) already holds a prepared dataset (\(existing.sorted()[0]), ...); not overwriting")
         }
-        var summary = Summary()
-        let t0 = Date()
-        var tokens: [UInt16] = []
-        var doneBytes = 0
-        for (path, text) in texts {
-            tokens.append(UInt16(GPT2Tokenizer.endOfText))
-            let before = doneBytes
-            let ids = tokenizer.encode(text, threads: threads, allowSpecial: false) { bytes in
-                let done = before + bytes, dt = Date().timeIntervalSince(t0)
-                let rate = Double(done) / max(dt, 1e-9)
-                progress(String(format: "tokenizing %@: %.1f/%.1f MB, %.1f MB/s, ETA %.0f s", (path as NSString).lastPathComponent,
-                                Double(done) / 1e6, Double(totalBytes) / 1e6, rate / 1e6, Double(totalBytes - done) / max(rate, 1)))
-            }
-            doneBytes += text.utf8.count
-            tokens.append(contentsOf: ids.map { UInt16($0) })
+        let files = try CorpusFile.expand(inputs)
+        do { try fm.createDirectory(atPath: outDirectory, withIntermediateDirectories: true) } catch {
+            throw TrainError("cannot create output directory \(outDirectory)")
         }
-        let valCount = Int(Double(tokens.count) * valFraction)
-        let trainCount = tokens.count - valCount
-        try fm.createDirectory(atPath: outDirectory, withIntermediateDirectories: true)
         let staging = outDirectory + "/.prepare-\(getpid())"
         try? fm.removeItem(atPath: staging)
-        try fm.createDirectory(atPath: staging, withIntermediateDirectories: true)
+        do { try fm.createDirectory(atPath: staging, withIntermediateDirectories: true) } catch {
+            throw TrainError("cannot write to \(outDirectory)")
+        }
         defer { try? fm.removeItem(atPath: staging) }
-        var written: [String] = []
-        func shards(_ prefix: String, _ range: Range<Int>) throws {
-            var i = 0, start = range.lowerBound
-            while start < range.upperBound {
-                let end = min(start + shardTokens, range.upperBound)
-                let name = String(format: "%@_%06d.bin", prefix, i)
-                try TokenShardFormat.write(tokens: Array(tokens[start..<end]), to: staging + "/" + name)
-                written.append(name)
-                start = end; i += 1
+
+        let t0 = Date()
+        var manifest = DatasetManifest()
+        manifest.vocabulary = vocabulary
+        manifest.tokenIdLimit = GPT2Tokenizer.vocabularySize
+        manifest.jsonlField = jsonlField
+        manifest.valFraction = valFraction
+        manifest.inputs = files.map { DatasetManifest.Input(path: $0.path, bytes: $0.bytes, documents: 0) }
+        let train = try ShardWriter(prefix: "train", directory: staging, shardTokens: shardTokens)
+        let val = try ShardWriter(prefix: "val", directory: staging, shardTokens: shardTokens)
+        let reader = CorpusBlockReader(files: files, tokenizer: tokenizer, blockBytes: blockBytes, threads: threads)
+        let workers = (0..<max(threads, 1)).map { _ in SegmentWorker(tokenizer: tokenizer, field: jsonlField, lossy: lossy, skipBadLines: skipBadLines) }
+        var summary = Summary(manifest: manifest)
+        var report = Progress(bytesTotal: files.reduce(0) { $0 + $1.bytes })
+        var lastReport = Date.distantPast
+        var documents = 0
+        var current = train
+        var results: [SegmentResult] = []
+
+        while try reader.nextBlock() {
+            if StopSignal.requested {
+                throw TrainError("interrupted by \(StopSignal.name); nothing was written to \(outDirectory)")
+            }
+            let segments = reader.segments
+            while results.count < segments.count { results.append(SegmentResult()) }
+            // Tokenize the block's segments on all threads, each thread taking the next segment in turn.
+            let lock = NSLock()
+            var next = 0
+            reader.buffer.withUnsafeBufferPointer { buffer in
+                DispatchQueue.concurrentPerform(iterations: workers.count) { w in
+                    while true {
+                        lock.lock(); let s = next; next += 1; lock.unlock()
+                        guard s < segments.count else { return }
+                        let seg = segments[s]
+                        workers[w].process(UnsafeBufferPointer(rebasing: buffer[seg.range]), seg, file: files[seg.file], into: results[s])
+                    }
+                }
+            }
+            // Write in corpus order.
+            for (s, seg) in segments.enumerated() {
+                let r = results[s]
+                if let error = r.error { throw TrainError(error) }
+                manifest.emptyDocumentsSkipped += r.emptyDocuments
+                manifest.badLinesSkipped += r.badLines.count
+                manifest.invalidUtf8Replaced += r.replaced
+                for example in r.badLines where summary.skippedExamples.count < 5 { summary.skippedExamples.append(example) }
+                var start = 0
+                for fragment in r.fragments {
+                    if fragment.startsDocument {
+                        current = Self.isValidation(document: documents, fraction: valFraction) ? val : train
+                        documents += 1
+                        manifest.inputs[seg.file].documents += 1
+                        if current === val { manifest.val.documents += 1 } else { manifest.train.documents += 1 }
+                        try current.append(endOfText: true)
+                    }
+                    try current.append(r.tokens + start, count: fragment.end - start)
+                    start = fragment.end
+                }
+            }
+            manifest.emptyDocumentsSkipped += reader.takeEmptyFiles()
+            report.bytesDone = reader.bytesHandedOut
+            report.documents = documents
+            report.tokens = train.total + val.total
+            report.seconds = Date().timeIntervalSince(t0)
+            if Date().timeIntervalSince(lastReport) > 0.5 { progress(report); lastReport = Date() }
+        }
+        manifest.emptyDocumentsSkipped += reader.takeEmptyFiles()
+        try train.finish()
+        try val.finish()
+        guard train.total + val.total > 0 else { throw TrainError("no text in \(inputs.joined(separator: " ")) (every document was empty)") }
+        if val.total == 0 && valFraction > 0 {
+            let count = Int(Double(train.total) * valFraction)
+            try train.moveTail(count, to: val)
+            try val.finish()
+            manifest.validation = "the last \(count) tokens (\(valFraction * 100)%): only \(documents) document(s), "
+                + "fewer than the \(Int((1 / valFraction).rounded(.up))) that document-level selection needs"
+        } else {
+            manifest.validation = valFraction > 0
+                ? "whole documents: document d (0-based, in input order, empty ones not counted) when floor((d+1)*f) > floor(d*f), f = \(valFraction)"
+                : "none (--val-fraction 0)"
+        }
+        manifest.train.tokens = train.total
+        manifest.val.tokens = val.total
+        manifest.shards = train.shards + val.shards
+        manifest.id = DatasetManifest.identity(of: manifest.shards)
+        guard fm.createFile(atPath: staging + "/" + DatasetManifest.fileName, contents: try manifest.encoded()) else {
+            throw TrainError("cannot write \(staging)/\(DatasetManifest.fileName)")
+        }
+        report.bytesDone = report.bytesTotal; report.tokens = train.total + val.total
+        report.seconds = Date().timeIntervalSince(t0)
+        progress(report)
+        for name in manifest.shards.map(\.name) + [DatasetManifest.fileName] {
+            do { try fm.moveItem(atPath: staging + "/" + name, toPath: outDirectory + "/" + name) } catch {
+                throw TrainError("cannot move \(name) into \(outDirectory): \(error.localizedDescription)")
             }
         }
-        try shards("train", 0..<trainCount)
-        if valCount > 0 { try shards("val", trainCount..<tokens.count) }
-        for name in written { try fm.moveItem(atPath: staging + "/" + name, toPath: outDirectory + "/" + name) }
-        summary.trainTokens = trainCount; summary.valTokens = valCount; summary.bytes = totalBytes
-        summary.seconds = Date().timeIntervalSince(t0); summary.files = written
+        summary.manifest = manifest
+        summary.bytes = report.bytesTotal
+        summary.seconds = Date().timeIntervalSince(t0)
         return summary
+    }
+
+    /// Document d is validation when floor((d+1)·f) > floor(d·f): evenly spread, about f of all documents.
+    public static func isValidation(document d: Int, fraction f: Double) -> Bool {
+        f > 0 && (Double(d + 1) * f).rounded(.down) > (Double(d) * f).rounded(.down)
+    }
+}
+
+/// The sha256 of the vocabulary file(s) `loadTokenizer(path)` reads, for the manifest.
+public func vocabularyIdentity(_ path: String) throws -> [DatasetManifest.Vocabulary] {
+    var isDir: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { return [] }
+    var files = [path]
+    if isDir.boolValue {
+        let tiktoken = path + "/" + GPT2Tokenizer.tiktokenFileName
+        files = FileManager.default.fileExists(atPath: tiktoken) ? [tiktoken]
+            : [path + "/" + GPT2Tokenizer.encoderJSONFileName, path + "/" + GPT2Tokenizer.vocabBPEFileName]
+    }
+    return try files.map { DatasetManifest.Vocabulary(file: ($0 as NSString).lastPathComponent, sha256: try SHA256.hex(ofFile: $0)) }
+}
+
+/// Reads the inputs in blocks: whole files, or for large ones pieces cut where the token ids cannot change
+/// (text) or at line ends (JSONL). Large pieces are split further so that every thread has work.
+final class CorpusBlockReader {
+    struct Segment {
+        var file: Int
+        var range: Range<Int>     // in `buffer`
+        var fileOffset: Int
+        var firstLine: Int        // JSONL: line number of the segment's first line
+    }
+
+    let files: [CorpusFile]
+    let tokenizer: GPT2Tokenizer
+    let blockBytes: Int
+    let threads: Int
+    private(set) var buffer: [UInt8] = []
+    private(set) var segments: [Segment] = []
+    private(set) var bytesHandedOut = 0
+    private var fileIndex = 0
+    private var fd: Int32 = -1
+    private var offset = 0, line = 1
+    private var carry: [UInt8] = []
+    private var eof = false
+    private var emptyFiles = 0
+
+    init(files: [CorpusFile], tokenizer: GPT2Tokenizer, blockBytes: Int, threads: Int) {
+        self.files = files; self.tokenizer = tokenizer; self.blockBytes = max(blockBytes, 1 << 16); self.threads = max(threads, 1)
+    }
+
+    deinit { if fd >= 0 { close(fd) } }
+
+    /// Empty text files seen since the last call (each is an empty document).
+    func takeEmptyFiles() -> Int { defer { emptyFiles = 0 }; return emptyFiles }
+
+    /// Reads the next block into `buffer` and `segments`; false at the end of the corpus.
+    func nextBlock() throws -> Bool {
+        buffer.removeAll(keepingCapacity: true)
+        segments.removeAll(keepingCapacity: true)
+        while buffer.count < blockBytes && fileIndex < files.count {
+            let file = files[fileIndex]
+            if fd < 0 {
+                fd = open(file.path, O_RDONLY)
+                guard fd >= 0 else { throw TrainError("cannot read input file \(file.path)") }
+                offset = 0; line = 1; carry.removeAll(keepingCapacity: true); eof = false
+            }
+            var chunk = carry
+            carry = []
+            var want = blockBytes - buffer.count
+            var cut: Int? = nil
+            while cut == nil {
+                try read(into: &chunk, upTo: want, path: file.path)
+                cut = eof ? chunk.count : findCut(chunk, kind: file.kind)
+                if cut == nil {
+                    if file.kind == .text && chunk.count >= 64 << 20 {
+                        // 64 MB without a single safe cut (no spaces or newlines): cut at a scalar boundary. The ids
+                        // may differ from the whole text's at this one point.
+                        var c = chunk.count - 1
+                        while c > 0 && chunk[c] & 0xC0 == 0x80 { c -= 1 }
+                        cut = max(c, 1)
+                    } else {
+                        want = chunk.count * 2
+                    }
+                }
+            }
+            let n = cut!
+            if offset == 0 && eof && n == 0 && file.kind == .text { emptyFiles += 1 }
+            if n > 0 {
+                let start = buffer.count
+                buffer.append(contentsOf: chunk[0..<n])
+                split(Segment(file: fileIndex, range: start..<buffer.count, fileOffset: offset, firstLine: line), kind: file.kind)
+                if file.kind == .jsonl { line += chunk[0..<n].reduce(0) { $0 + ($1 == 0x0A ? 1 : 0) } }
+                offset += n
+                bytesHandedOut += n
+            }
+            carry = Array(chunk[n...])
+            if eof && carry.isEmpty {
+                close(fd); fd = -1; fileIndex += 1
+            }
+        }
+        return !segments.isEmpty || emptyFiles > 0
+    }
+
+    private func read(into chunk: inout [UInt8], upTo want: Int, path: String) throws {
+        guard !eof, chunk.count < want else { return }
+        let old = chunk.count
+        chunk.reserveCapacity(want)
+        chunk.append(contentsOf: repeatElement(0, count: want - old))
+        var filled = old
+        try chunk.withUnsafeMutableBytes { raw in
+            while filled < want {
+                let got = Foundation.read(fd, raw.baseAddress! + filled, want - filled)
+                if got < 0 { if errno == EINTR { continue }; throw TrainError("cannot read \(path): \(String(cString: strerror(errno)))") }
+                if got == 0 { eof = true; break }
+                filled += got
+            }
+        }
+        chunk.removeLast(want - filled)
+    }
+
+    /// Where the bytes read so far can end a segment: after the last newline (JSONL), or at a safe cut near the
+    /// end (text); nil when there is none yet.
+    private func findCut(_ chunk: [UInt8], kind: CorpusFile.Kind) -> Int? {
+        switch kind {
+        case .jsonl:
+            guard let last = chunk.lastIndex(of: 0x0A) else { return nil }
+            return last + 1
+        case .text:
+            return chunk.withUnsafeBufferPointer { b in
+                tokenizer.safeCut(b, from: max(b.count - (64 << 10), 1), limit: b.count)
+                    ?? tokenizer.safeCut(b, from: b.count / 2, limit: b.count)
+            }
+        }
+    }
+
+    /// Appends `seg`, split into pieces of about blockBytes / (2 · threads) where they can be cut.
+    private func split(_ seg: Segment, kind: CorpusFile.Kind) {
+        let target = max(blockBytes / (2 * threads), 1 << 16)
+        var piece = seg
+        buffer.withUnsafeBufferPointer { b in
+            while piece.range.count > target + target / 2 {
+                let lo = piece.range.lowerBound, hi = piece.range.upperBound
+                let view = UnsafeBufferPointer(rebasing: b[lo..<hi])
+                var cut: Int?
+                switch kind {
+                case .jsonl:
+                    if let nl = view[target...].firstIndex(of: 0x0A) { cut = nl + 1 }   // rebased: indices start at 0
+                case .text:
+                    cut = tokenizer.safeCut(view, from: target, limit: view.count)
+                }
+                guard let c = cut, c < view.count else { break }
+                segments.append(Segment(file: piece.file, range: lo..<(lo + c), fileOffset: piece.fileOffset, firstLine: piece.firstLine))
+                let lines = kind == .jsonl ? view[0..<c].reduce(0) { $0 + ($1 == 0x0A ? 1 : 0) } : 0
+                piece = Segment(file: piece.file, range: (lo + c)..<hi, fileOffset: piece.fileOffset + c, firstLine: piece.firstLine + lines)
+            }
+        }
+        segments.append(piece)
+    }
+}
+
+/// What tokenizing one segment produced: ids, where each document fragment ends in them, and what was skipped.
+final class SegmentResult {
+    struct Fragment { var end: Int; var startsDocument: Bool }
+    private(set) var tokens = UnsafeMutablePointer<Int32>.allocate(capacity: 1)
+    private var capacity = 1
+    var count = 0
+    var fragments: [Fragment] = []
+    var emptyDocuments = 0
+    var replaced = 0
+    var badLines: [String] = []
+    var error: String?
+
+    deinit { tokens.deallocate() }
+
+    func reset() {
+        count = 0; fragments.removeAll(keepingCapacity: true); emptyDocuments = 0; replaced = 0
+        badLines.removeAll(keepingCapacity: true); error = nil
+    }
+
+    /// Room for `n` more ids.
+    func reserve(_ n: Int) {
+        guard count + n > capacity else { return }
+        let bigger = max(capacity * 2, count + n)
+        let t = UnsafeMutablePointer<Int32>.allocate(capacity: bigger)
+        t.update(from: tokens, count: count)
+        tokens.deallocate()
+        tokens = t; capacity = bigger
+    }
+}
+
+/// Tokenizes segments on one thread, with its own tokenizer session (whose cache serves many documents).
+final class SegmentWorker {
+    let session: GPT2Tokenizer.Session
+    let field: JSONLineField
+    let fieldName: String
+    let lossy: Bool, skipBadLines: Bool
+    var text: [UInt8] = []
+
+    init(tokenizer: GPT2Tokenizer, field: String, lossy: Bool, skipBadLines: Bool) {
+        session = tokenizer.session()
+        self.field = JSONLineField(key: Array(field.utf8), lossy: lossy)
+        fieldName = field; self.lossy = lossy; self.skipBadLines = skipBadLines
+    }
+
+    func process(_ bytes: UnsafeBufferPointer<UInt8>, _ seg: CorpusBlockReader.Segment, file: CorpusFile, into r: SegmentResult) {
+        r.reset()
+        switch file.kind {
+        case .text:
+            if let nul = memchr(bytes.baseAddress!, 0, bytes.count) {
+                r.error = "\(file.path) looks like a binary file (NUL byte at offset \(seg.fileOffset + (UnsafePointer<UInt8>(nul.assumingMemoryBound(to: UInt8.self)) - bytes.baseAddress!))), not UTF-8 text"
+                return
+            }
+            if let bad = firstInvalidUTF8(bytes.baseAddress!, bytes.count) {
+                guard lossy else {
+                    r.error = "\(file.path): invalid UTF-8 at byte offset \(seg.fileOffset + bad) (pass --lossy to replace bad bytes with U+FFFD)"
+                    return
+                }
+                encodeRepaired(bytes, r, startsDocument: seg.fileOffset == 0)
+                return
+            }
+            encode(bytes, r, startsDocument: seg.fileOffset == 0)
+        case .jsonl:
+            var lineNumber = seg.firstLine
+            var start = 0
+            let p = bytes.baseAddress!
+            while start < bytes.count {
+                var end = start
+                while end < bytes.count && p[end] != 0x0A { end += 1 }
+                defer { start = end + 1; lineNumber += 1 }
+                let line = UnsafeBufferPointer(start: p + start, count: end - start)
+                if line.allSatisfy({ $0 == 0x20 || $0 == 0x09 || $0 == 0x0D }) { continue }   // blank line
+                text.removeAll(keepingCapacity: true)
+                var problem: String?
+                do { try field.extract(line, into: &text) } catch {
+                    switch error {
+                    case .malformed(let why): problem = "malformed JSON: \(why)"
+                    case .missing: problem = "no \"\(fieldName)\" field"
+                    case .notString(let kind): problem = "field \"\(fieldName)\" is \(kind), not a string"
+                    case .unpairedSurrogate: problem = "field \"\(fieldName)\" holds an unpaired surrogate \\u escape (pass --lossy to replace it with U+FFFD)"
+                    }
+                }
+                if let problem {
+                    let location = "\(file.path):\(lineNumber)"
+                    guard skipBadLines else {
+                        let hint = problem.hasPrefix("field") && problem.contains("--lossy") ? "" : " (pass --skip-bad-lines to skip such lines)"
+                        r.error = "\(location): \(problem)\(hint)"
+                        return
+                    }
+                    r.badLines.append("\(location): \(problem)")
+                    continue
+                }
+                if text.isEmpty { r.emptyDocuments += 1; continue }
+                let ok = text.withUnsafeBufferPointer { t -> Bool in
+                    if firstInvalidUTF8(t.baseAddress!, t.count) == nil { encode(t, r, startsDocument: true); return true }
+                    guard lossy else { return false }
+                    encodeRepaired(t, r, startsDocument: true)
+                    return true
+                }
+                if !ok {
+                    r.error = "\(file.path):\(lineNumber): invalid UTF-8 in field \"\(fieldName)\" (pass --lossy to replace bad bytes with U+FFFD)"
+                    return
+                }
+            }
+        }
+    }
+
+    private func encode(_ t: UnsafeBufferPointer<UInt8>, _ r: SegmentResult, startsDocument: Bool) {
+        r.reserve(t.count)
+        r.count += session.encode(validUTF8: t, into: r.tokens + r.count)
+        r.fragments.append(.init(end: r.count, startsDocument: startsDocument))
+    }
+
+    private func encodeRepaired(_ t: UnsafeBufferPointer<UInt8>, _ r: SegmentResult, startsDocument: Bool) {
+        var repaired = String(decoding: t, as: UTF8.self)
+        r.replaced += 1
+        repaired.withUTF8 { encode($0, r, startsDocument: startsDocument) }
+    }
+}
+
+/// Writes one split's shards as they fill: `<prefix>_NNNNNN.bin` in llm.c's format, hashing as it goes.
+final class ShardWriter {
+    let prefix: String, directory: String, shardTokens: Int
+    private(set) var shards: [DatasetManifest.Shard] = []
+    private(set) var total = 0
+    private var handle: FileHandle?
+    private var inShard = 0
+    private var hasher = SHA256()
+    private var pending: [UInt16] = []
+
+    init(prefix: String, directory: String, shardTokens: Int) throws {
+        self.prefix = prefix; self.directory = directory; self.shardTokens = shardTokens
+        pending.reserveCapacity(1 << 20)
+    }
+
+    private func path(_ index: Int) -> String { directory + "/" + String(format: "%@_%06d.bin", prefix, index) }
+
+    private func header(tokens: Int) -> Data {
+        var h = [Int32](repeating: 0, count: 256)
+        h[0] = TokenShardFormat.magic; h[1] = TokenShardFormat.version; h[2] = Int32(tokens)
+        return h.withUnsafeBytes { Data($0) }
+    }
+
+    func append(endOfText: Bool) throws {
+        var eot = Int32(GPT2Tokenizer.endOfText)
+        try append(&eot, count: 1)
+    }
+
+    func append(_ ids: UnsafePointer<Int32>, count n: Int) throws {
+        var done = 0
+        while done < n {
+            if handle == nil { try open() }
+            let take = min(n - done, shardTokens - inShard - pending.count)
+            for i in 0..<take { pending.append(UInt16(truncatingIfNeeded: ids[done + i])) }
+            done += take
+            total += take
+            if pending.count >= 1 << 20 || inShard + pending.count == shardTokens { try flush() }
+            if inShard == shardTokens { try close() }
+        }
+    }
+
+    /// Copies raw shard tokens (already uint16).
+    private func append(raw: UnsafeBufferPointer<UInt16>) throws {
+        var i = 0
+        while i < raw.count {
+            let n = min(4096, raw.count - i)
+            let ids = (0..<n).map { Int32(raw[i + $0]) }
+            try ids.withUnsafeBufferPointer { try append($0.baseAddress!, count: n) }
+            i += n
+        }
+    }
+
+    private func open() throws {
+        let p = path(shards.count)
+        guard FileManager.default.createFile(atPath: p, contents: nil), let h = FileHandle(forWritingAtPath: p) else {
+            throw TrainError("cannot write \(p)")
+        }
+        // The header assumes a full shard; the last one's is rewritten (and rehashed) when it closes short.
+        let head = header(tokens: shardTokens)
+        try h.write(contentsOf: head)
+        hasher = SHA256(); hasher.update(head)
+        handle = h; inShard = 0
+    }
+
+    private func flush() throws {
+        guard let h = handle, !pending.isEmpty else { return }
+        let bytes = pending.withUnsafeBytes { Data($0) }
+        hasher.update(bytes)
+        do { try h.write(contentsOf: bytes) } catch { throw TrainError("cannot write \(path(shards.count)): \(error.localizedDescription)") }
+        inShard += pending.count
+        pending.removeAll(keepingCapacity: true)
+    }
+
+    private func close() throws {
+        try flush()
+        guard let h = handle else { return }
+        let name = (path(shards.count) as NSString).lastPathComponent
+        var digest = hasher.finalizeHex()
+        if inShard != shardTokens {
+            try h.seek(toOffset: 0)
+            try h.write(contentsOf: header(tokens: inShard))
+            try h.close()
+            digest = try SHA256.hex(ofFile: path(shards.count))
+        } else {
+            try h.close()
+        }
+        handle = nil
+        shards.append(.init(name: name, split: prefix, tokens: inShard, sha256: digest))
+    }
+
+    func finish() throws { try close() }
+
+    /// Moves the last `count` tokens of this split into `other` (the fallback validation split), shrinking or
+    /// removing this split's last shards. Streams through a small buffer.
+    func moveTail(_ count: Int, to other: ShardWriter) throws {
+        guard count > 0 else { return }
+        var first = shards.count - 1, skip = total - count   // tokens kept
+        var before = total - shards[first].tokens
+        while before > skip { first -= 1; before -= shards[first].tokens }
+        let keepInFirst = skip - before
+        for s in first..<shards.count {
+            let data = try Data(contentsOf: URL(fileURLWithPath: path(s)), options: .alwaysMapped)
+            let from = s == first ? keepInFirst : 0
+            try data.withUnsafeBytes { raw in
+                let t = (raw.baseAddress! + TokenShardFormat.headerBytes).assumingMemoryBound(to: UInt16.self)
+                try other.append(raw: UnsafeBufferPointer(start: t + from, count: shards[s].tokens - from))
+            }
+        }
+        for s in (first + 1)..<max(shards.count, first + 1) { try? FileManager.default.removeItem(atPath: path(s)) }
+        shards.removeLast(shards.count - first - 1)
+        if keepInFirst == 0 {
+            try? FileManager.default.removeItem(atPath: path(first))
+            shards.removeLast()
+        } else {
+            let h = try FileHandle(forUpdating: URL(fileURLWithPath: path(first)))
+            try h.truncate(atOffset: UInt64(TokenShardFormat.headerBytes + 2 * keepInFirst))
+            try h.seek(toOffset: 0)
+            try h.write(contentsOf: header(tokens: keepInFirst))
+            try h.close()
+            shards[first].tokens = keepInFirst
+            shards[first].sha256 = try SHA256.hex(ofFile: path(first))
+        }
+        total -= count
     }
 }
 

@@ -4,7 +4,8 @@ import Foundation
 import GPT2
 
 /// A training checkpoint: the model file layout plus /optimizer/m and /optimizer/v (same names and shapes
-/// as /params) and root attributes step, tokens_seen, data_cursor, seed, adam_t and run_config (JSON).
+/// as /params) and root attributes step, tokens_seen, data_cursor, seed, adam_t, run_config (JSON) and, when the
+/// training data came with a manifest, data_id (the manifest's id).
 /// Written atomically (temporary file, fsync, rename) and pointed to by `latest`.
 public struct TrainState {
     public var step: Int          // optimizer steps completed
@@ -12,9 +13,11 @@ public struct TrainState {
     public var dataCursor: Int    // next batch index in the shared batch order
     public var seed: Int
     public var runConfig: String
+    public var dataIdentity: String?
 
-    public init(step: Int, tokensSeen: Int, dataCursor: Int, seed: Int, runConfig: String) {
+    public init(step: Int, tokensSeen: Int, dataCursor: Int, seed: Int, runConfig: String, dataIdentity: String? = nil) {
         self.step = step; self.tokensSeen = tokensSeen; self.dataCursor = dataCursor; self.seed = seed; self.runConfig = runConfig
+        self.dataIdentity = dataIdentity
     }
 }
 
@@ -74,6 +77,7 @@ public enum TrainCheckpoint {
                 try file.setAttribute("/", "seed", int: state.seed)
                 try file.setAttribute("/", "adam_t", int: state.step)
                 try file.setAttribute("/", "run_config", string: state.runConfig)
+                if let id = state.dataIdentity { try file.setAttribute("/", "data_id", string: id) }
                 try file.closeChecked()
                 try TrainCheckpoint.verifyStructure(path: pending.temporaryPath, layout: layout, config: config)
                 try pending.commit()
@@ -114,7 +118,8 @@ public enum TrainCheckpoint {
             }
             state = TrainState(step: try file.intAttribute("/", "step"), tokensSeen: try file.intAttribute("/", "tokens_seen"),
                                dataCursor: try file.intAttribute("/", "data_cursor"), seed: try file.intAttribute("/", "seed"),
-                               runConfig: try file.stringAttribute("/", "run_config"))
+                               runConfig: try file.stringAttribute("/", "run_config"),
+                               dataIdentity: file.hasAttribute("/", "data_id") ? try file.stringAttribute("/", "data_id") : nil)
         }
 
         public func read(_ group: String, _ e: ParameterEntry, into out: UnsafeMutablePointer<Float>) throws {
@@ -151,6 +156,13 @@ public enum TrainCheckpoint {
         defer { f.close() }
         guard f.hasAttribute("/", "run_config") else { return nil }
         return try f.stringAttribute("/", "run_config")
+    }
+
+    /// The manifest id of the data the checkpoint was trained on; nil when that data had no manifest.
+    public static func readDataIdentity(path: String) throws -> String? {
+        let f = try HDF5File.open(path)
+        defer { f.close() }
+        return f.hasAttribute("/", "data_id") ? try f.stringAttribute("/", "data_id") : nil
     }
 
     public static func readConfig(path: String) throws -> GPT2Config {

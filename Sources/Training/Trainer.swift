@@ -54,6 +54,7 @@ public final class Trainer {
         var resumeCandidates: [String]   // newest first; the first that verifies is used
         var initPath: String?
         var schedule: LRSchedule
+        var dataIdentity: String?        // the training data's manifest id, stored in checkpoints
     }
 
     /// Checks every input before any work; throws a one-line error.
@@ -88,12 +89,21 @@ public final class Trainer {
         guard o.seqLen <= config.contextLength else {
             throw TrainError("--seq-len \(o.seqLen) exceeds the model's context_length \(config.contextLength)")
         }
-        let train = try TokenDataset(spec: o.data!, vocabSize: config.vocabSize, preferring: "train")
+        let hashShare = (index: comm.rank, of: n)
+        let (train, trainManifest) = try openTokens(o.data!, preferring: "train", vocabSize: config.vocabSize, hashShare: hashShare)
         _ = try BatchOrder(tokenCount: train.count, batchSize: o.batchSize, seqLen: o.seqLen)
         var val: TokenDataset?
         if let v = o.val {
-            val = try TokenDataset(spec: v, vocabSize: config.vocabSize, preferring: "val")
+            val = try openTokens(v, preferring: "val", vocabSize: config.vocabSize, hashShare: hashShare).0
             _ = try BatchOrder(tokenCount: val!.count, batchSize: o.batchSize, seqLen: o.seqLen)
+        }
+        // A resumed run continues on the data it trained on: the checkpoint names the manifest id of its data.
+        if let newest = candidates.first, !o.allowDataChange, let trained = try? TrainCheckpoint.readDataIdentity(path: newest) {
+            guard trainManifest?.id == trained else {
+                let now = trainManifest.map { "dataset \($0.id.prefix(12))" } ?? "shards without a manifest.json"
+                throw TrainError("--resume: \(newest) was trained on dataset \(trained.prefix(12)), but --data \(o.data!) now holds "
+                    + "\(now); pass --allow-data-change to continue on this data")
+            }
         }
         // Output directory: must be writable; never overwrite an existing run unless resuming it.
         do { try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true) } catch {
@@ -106,7 +116,17 @@ public final class Trainer {
         let kind = LRSchedule.Kind(rawValue: o.lrSchedule)!  // checked by checkValues
         let schedule = LRSchedule(kind: kind, lr: o.lr, minLR: o.minLr, warmupSteps: o.warmupSteps, totalSteps: o.lrDecaySteps ?? o.steps)
         return Plan(config: config, train: train, val: val, micro: micro, accumulation: o.batchSize / (micro * n),
-                    resumeCandidates: candidates, initPath: o.initFrom, schedule: schedule)
+                    resumeCandidates: candidates, initPath: o.initFrom, schedule: schedule, dataIdentity: trainManifest?.id)
+    }
+
+    /// Opens token shards. Shards that `prepare` wrote are checked against their manifest (sizes here, sha256 of
+    /// this rank's share of them) instead of scanning every token id; others are scanned.
+    func openTokens(_ spec: String, preferring prefix: String, vocabSize: Int,
+                    hashShare: (index: Int, of: Int)) throws -> (TokenDataset, DatasetManifest?) {
+        let paths = try TokenDataset.resolve(spec, preferring: prefix)
+        guard let check = try ManifestCheck.find(paths: paths) else { return (try TokenDataset(paths: paths, vocabSize: vocabSize), nil) }
+        try check.verify(paths: paths, hashShare: hashShare, threads: Parallel.threads)
+        return (try TokenDataset(paths: paths, vocabSize: vocabSize, idsCheckedBelow: check.manifest.tokenIdLimit), check.manifest)
     }
 
     // MARK: 2. build and restore
@@ -124,6 +144,7 @@ public final class Trainer {
         var tokenRows: TokenGradientExchange?  // several ranks: the token embedding's rows of wte, summed apart
         var step = 0, tokensSeen = 0
         var firstStep = 0  // where this run started (after a resume: the checkpoint's step)
+        var dataIdentity: String?  // the training data's manifest id
         var badSteps = 0   // non-finite steps in a row
         var resumedFrom: String?
         var metricsWarned = false
@@ -158,6 +179,7 @@ public final class Trainer {
                                         overlap: o.overlap, blockSize: sharding.sharded ? sharding.blockSize : nil)
         let state = State(model: model, optimizer: optimizer, sharding: sharding, graph: graph, reducer: reducer,
                           order: order, sgemmPeak: peak)
+        state.dataIdentity = plan.dataIdentity
         if n > 1 {
             state.tokenRows = TokenGradientExchange(vocab: cfg.vocabSize, channels: cfg.embDim, globalPositions: n * plan.micro * o.seqLen)
         }
@@ -412,7 +434,8 @@ public final class Trainer {
         }
         if let w = writer, failure == nil {
             do {
-                let state = TrainState(step: s.step, tokensSeen: s.tokensSeen, dataCursor: s.step, seed: o.seed, runConfig: o.json)
+                let state = TrainState(step: s.step, tokensSeen: s.tokensSeen, dataCursor: s.step, seed: o.seed, runConfig: o.json,
+                                       dataIdentity: s.dataIdentity)
                 try w.finish(state)
                 try TrainCheckpoint.commit(directory: o.out!, path: path, keep: o.keepCheckpoints)
                 _ = try? LossPlot.render(runDirectory: o.out!)

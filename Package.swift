@@ -31,8 +31,10 @@ let package = Package(
         .target(name: "GPT2", dependencies: ["Autograd"], swiftSettings: fast),
         // GPT-2's byte-level BPE.
         .target(name: "Tokenizer", swiftSettings: fast),
-        // Token shards (llm.c .bin format) and the batch order shared by train and eval.
-        .target(name: "Data", dependencies: ["Autograd"], swiftSettings: fast),
+        // SHA-256 blocks with the x86 SHA extensions (dataset manifests hash every shard).
+        .target(name: "CSHA256", cSettings: [.unsafeFlags(["-O3"])]),
+        // Token shards (llm.c .bin format), dataset manifests, and the batch order shared by train and eval.
+        .target(name: "Data", dependencies: ["Autograd", "CSHA256"], swiftSettings: fast),
         // MPI behind a small Communicator; knows flat Float buffers only.
         .target(name: "Distributed", dependencies: ["CMPI"], swiftSettings: fast),
         // HDF5 checkpoints, metrics files and Hugging Face safetensors.
@@ -47,7 +49,7 @@ let package = Package(
             swiftSettings: fast
         ),
         .testTarget(name: "GPT2DistTests", dependencies: ["Autograd", "GPT2", "Data", "Checkpoint", "Training", "Distributed"]),
-        .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer"]),
+        .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "Data"]),
     ],
     // The kernels pass raw buffers between threads by design; Swift 5 mode keeps that free of Sendable ceremony.
     swiftLanguageModes: [.v5]

@@ -1,15 +1,24 @@
+import CSHA256
 import Foundation
 
 /// SHA-256 (FIPS 180-4), streaming: the shard hashes of a dataset manifest, the same digests `sha256sum`
-/// prints. Written here rather than pulling a crypto package into the build for one function.
+/// prints. Written here rather than pulling a crypto package into the build for one function; blocks go through
+/// the CPU's SHA extensions when it has them (about 10x the portable rate).
 public struct SHA256 {
+    static let hardware = gpt2dist_sha256_hardware_available() == 1
+
     private var state: (UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32, UInt32) =
         (0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab, 0x5be0cd19)
     private var pending = [UInt8](repeating: 0, count: 64)
     private var pendingCount = 0
     private var length: UInt64 = 0
 
+    private var portable = false
+
     public init() {}
+
+    /// Without the SHA extensions even where the CPU has them (to compare both paths).
+    init(portable: Bool) { self.portable = portable }
 
     public mutating func update(_ bytes: UnsafeRawBufferPointer) {
         guard var p = bytes.baseAddress?.assumingMemoryBound(to: UInt8.self) else { return }
@@ -55,24 +64,22 @@ public struct SHA256 {
         return h.finalizeHex()
     }
 
-    private static let k: [UInt32] = [
-        0x428a2f98, 0x71374491, 0xb5c0fbcf, 0xe9b5dba5, 0x3956c25b, 0x59f111f1, 0x923f82a4, 0xab1c5ed5,
-        0xd807aa98, 0x12835b01, 0x243185be, 0x550c7dc3, 0x72be5d74, 0x80deb1fe, 0x9bdc06a7, 0xc19bf174,
-        0xe49b69c1, 0xefbe4786, 0x0fc19dc6, 0x240ca1cc, 0x2de92c6f, 0x4a7484aa, 0x5cb0a9dc, 0x76f988da,
-        0x983e5152, 0xa831c66d, 0xb00327c8, 0xbf597fc7, 0xc6e00bf3, 0xd5a79147, 0x06ca6351, 0x14292967,
-        0x27b70a85, 0x2e1b2138, 0x4d2c6dfc, 0x53380d13, 0x650a7354, 0x766a0abb, 0x81c2c92e, 0x92722c85,
-        0xa2bfe8a1, 0xa81a664b, 0xc24b8b70, 0xc76c51a3, 0xd192e819, 0xd6990624, 0xf40e3585, 0x106aa070,
-        0x19a4c116, 0x1e376c08, 0x2748774c, 0x34b0bcb5, 0x391c0cb3, 0x4ed8aa4a, 0x5b9cca4f, 0x682e6ff3,
-        0x748f82ee, 0x78a5636f, 0x84c87814, 0x8cc70208, 0x90befffa, 0xa4506ceb, 0xbef9a3f7, 0xc67178f2,
-    ]
 
     @inline(__always) private static func rotr(_ x: UInt32, _ n: UInt32) -> UInt32 { (x >> n) | (x << (32 - n)) }
 
     private mutating func compress(_ p: UnsafePointer<UInt8>, blocks: Int) {
+        if Self.hardware && !portable {
+            withUnsafeMutableBytes(of: &state) { gpt2dist_sha256_hardware_blocks($0.baseAddress!.assumingMemoryBound(to: UInt32.self), p, blocks) }
+            return
+        }
+        compressPortable(p, blocks: blocks)
+    }
+
+    private mutating func compressPortable(_ p: UnsafePointer<UInt8>, blocks: Int) {
         var (h0, h1, h2, h3, h4, h5, h6, h7) = state
         withUnsafeTemporaryAllocation(of: UInt32.self, capacity: 64) { w in
-            Self.k.withUnsafeBufferPointer { kb in
-                let k = kb.baseAddress!
+            withUnsafePointer(to: gpt2dist_sha256_round_constants) { table in
+                let k = UnsafeRawPointer(table).assumingMemoryBound(to: UInt32.self)
                 for b in 0..<blocks {
                     let q = p + b * 64
                     for i in 0..<16 {

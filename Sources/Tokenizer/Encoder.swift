@@ -82,7 +82,7 @@ final class EncodeState {
         while true {
             let s = slots[i]
             if s.keyLength == 0 { return nil }
-            if s.hash == h && Int(s.keyLength) == n && memcmp(keys + Int(s.keyOffset), p, n) == 0 {
+            if s.hash == h && Int(s.keyLength) == n && bytesEqual(keys + Int(s.keyOffset), p, n) {
                 let v = values + Int(s.valueOffset)
                 let m = Int(s.valueLength)
                 for k in 0..<m { out[k] = Int32(bitPattern: v[k]) }

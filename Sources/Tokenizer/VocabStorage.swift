@@ -161,7 +161,7 @@ final class VocabStorage: @unchecked Sendable {
             if s & 0xFFFF_FFFF_0000_0000 == tag {
                 let r = Int(truncatingIfNeeded: s & 0xFFFF_FFFF)
                 let o = Int(offsets[r])
-                if Int(offsets[r + 1]) - o == n && memcmp(bytes + o, p, n) == 0 { return r }
+                if Int(offsets[r + 1]) - o == n && bytesEqual(bytes + o, p, n) { return r }
             }
             slot = (slot &+ 1) & seqMask
         }
@@ -228,4 +228,20 @@ func hashBytes(_ p: UnsafePointer<UInt8>, _ n: Int) -> UInt64 {
     h = h &* 0xD6E8_FEB8_6659_FD93
     h ^= h >> 29
     return h
+}
+
+/// Whether a[0..<n] == b[0..<n]: inline, 8 bytes at a time (pieces are short; a libc memcmp call per lookup
+/// was 13% of encoding time).
+@inline(__always)
+func bytesEqual(_ a: UnsafePointer<UInt8>, _ b: UnsafePointer<UInt8>, _ n: Int) -> Bool {
+    var i = 0
+    while i + 8 <= n {
+        if UnsafeRawPointer(a + i).loadUnaligned(as: UInt64.self) != UnsafeRawPointer(b + i).loadUnaligned(as: UInt64.self) { return false }
+        i += 8
+    }
+    while i < n {
+        if a[i] != b[i] { return false }
+        i += 1
+    }
+    return true
 }

@@ -86,16 +86,23 @@ public struct DatasetPreparer {
         var summary = Summary(manifest: manifest)
         var report = Progress(bytesTotal: files.reduce(0) { $0 + $1.bytes })
         var lastReport = Date.distantPast
-        var documents = 0
-        var current = train
-        var results: [SegmentResult] = []
+        // Two sets of results: the writer merges block k (in corpus order, on its own thread) while the
+        // workers tokenize block k + 1.
+        var results: [[SegmentResult]] = [[], []]
+        let merger = BlockMerger(manifest: manifest, train: train, val: val, valFraction: valFraction)
+        let writer = DispatchQueue(label: "prepare.writer")
+        let writing = DispatchGroup()
 
+        var block = 0
         while try reader.nextBlock() {
             if StopSignal.requested {
+                writing.wait()
                 throw TrainError("interrupted by \(StopSignal.name); nothing was written to \(outDirectory)")
             }
             let segments = reader.segments
-            while results.count < segments.count { results.append(SegmentResult()) }
+            let slot = block % 2
+            while results[slot].count < segments.count { results[slot].append(SegmentResult()) }
+            let set = results[slot]
             // Tokenize the block's segments on all threads, each thread taking the next segment in turn.
             let lock = NSLock()
             var next = 0
@@ -105,38 +112,30 @@ public struct DatasetPreparer {
                         lock.lock(); let s = next; next += 1; lock.unlock()
                         guard s < segments.count else { return }
                         let seg = segments[s]
-                        workers[w].process(UnsafeBufferPointer(rebasing: buffer[seg.range]), seg, file: files[seg.file], into: results[s])
+                        workers[w].process(UnsafeBufferPointer(rebasing: buffer[seg.range]), seg, file: files[seg.file], into: set[s])
                     }
                 }
             }
-            // Write in corpus order.
-            for (s, seg) in segments.enumerated() {
-                let r = results[s]
-                if let error = r.error { throw TrainError(error) }
-                manifest.emptyDocumentsSkipped += r.emptyDocuments
-                manifest.badLinesSkipped += r.badLines.count
-                manifest.invalidUtf8Replaced += r.replaced
-                for example in r.badLines where summary.skippedExamples.count < 5 { summary.skippedExamples.append(example) }
-                var start = 0
-                for fragment in r.fragments {
-                    if fragment.startsDocument {
-                        current = Self.isValidation(document: documents, fraction: valFraction) ? val : train
-                        documents += 1
-                        manifest.inputs[seg.file].documents += 1
-                        if current === val { manifest.val.documents += 1 } else { manifest.train.documents += 1 }
-                        try current.append(endOfText: true)
-                    }
-                    try current.append(r.tokens + start, count: fragment.end - start)
-                    start = fragment.end
-                }
-            }
-            manifest.emptyDocumentsSkipped += reader.takeEmptyFiles()
+            writing.wait()   // block - 1 is merged: its counts are final, and its result set may be reused next
+            if let e = merger.error { throw e }
+            merger.manifest.emptyDocumentsSkipped += reader.takeEmptyFiles()
             report.bytesDone = reader.bytesHandedOut
-            report.documents = documents
+            report.documents = merger.documents
             report.tokens = train.total + val.total
             report.seconds = Date().timeIntervalSince(t0)
             if Date().timeIntervalSince(lastReport) > 0.5 { progress(report); lastReport = Date() }
+            writing.enter()
+            writer.async {
+                merger.merge(segments, set)
+                writing.leave()
+            }
+            block += 1
         }
+        writing.wait()
+        if let e = merger.error { throw e }
+        manifest = merger.manifest
+        summary.skippedExamples = merger.skippedExamples
+        let documents = merger.documents
         manifest.emptyDocumentsSkipped += reader.takeEmptyFiles()
         try train.finish()
         try val.finish()
@@ -176,6 +175,49 @@ public struct DatasetPreparer {
     /// Document d is validation when floor((d+1)·f) > floor(d·f): evenly spread, about f of all documents.
     public static func isValidation(document d: Int, fraction f: Double) -> Bool {
         f > 0 && (Double(d + 1) * f).rounded(.down) > (Double(d) * f).rounded(.down)
+    }
+}
+
+/// Appends tokenized blocks to the shards in corpus order, counting documents (runs on the writer thread; the
+/// caller reads its fields only between merges).
+final class BlockMerger: @unchecked Sendable {
+    var manifest: DatasetManifest
+    let train: ShardWriter, val: ShardWriter
+    let valFraction: Double
+    var documents = 0
+    var skippedExamples: [String] = []
+    var error: Error?
+    private var current: ShardWriter
+
+    init(manifest: DatasetManifest, train: ShardWriter, val: ShardWriter, valFraction: Double) {
+        self.manifest = manifest; self.train = train; self.val = val; self.valFraction = valFraction; current = train
+    }
+
+    func merge(_ segments: [CorpusBlockReader.Segment], _ results: [SegmentResult]) {
+        guard error == nil else { return }
+        do {
+            for (s, seg) in segments.enumerated() {
+                let r = results[s]
+                if let e = r.error { throw TrainError(e) }
+                manifest.emptyDocumentsSkipped += r.emptyDocuments
+                manifest.badLinesSkipped += r.badLines.count
+                manifest.invalidUtf8Replaced += r.replaced
+                for example in r.badLines where skippedExamples.count < 5 { skippedExamples.append(example) }
+                var start = 0
+                for fragment in r.fragments {
+                    if fragment.startsDocument {
+                        let isVal = DatasetPreparer.isValidation(document: documents, fraction: valFraction)
+                        current = isVal ? val : train
+                        documents += 1
+                        manifest.inputs[seg.file].documents += 1
+                        if isVal { manifest.val.documents += 1 } else { manifest.train.documents += 1 }
+                        try current.append(endOfText: true)
+                    }
+                    try current.append(r.tokens + start, count: fragment.end - start)
+                    start = fragment.end
+                }
+            }
+        } catch { self.error = error }
     }
 }
 
@@ -349,6 +391,13 @@ final class SegmentResult {
         badLines.removeAll(keepingCapacity: true); error = nil
     }
 
+    func append(_ ids: UnsafePointer<Int32>, count n: Int, startsDocument: Bool) {
+        reserve(n)
+        (tokens + count).update(from: ids, count: n)
+        count += n
+        fragments.append(.init(end: count, startsDocument: startsDocument))
+    }
+
     /// Room for `n` more ids.
     func reserve(_ n: Int) {
         guard count + n > capacity else { return }
@@ -367,6 +416,10 @@ final class SegmentWorker {
     let fieldName: String
     let lossy: Bool, skipBadLines: Bool
     var text: [UInt8] = []
+    private var scratch = UnsafeMutablePointer<Int32>.allocate(capacity: 1)
+    private var scratchCapacity = 1
+
+    deinit { scratch.deallocate() }
 
     init(tokenizer: GPT2Tokenizer, field: String, lossy: Bool, skipBadLines: Bool) {
         session = tokenizer.session()
@@ -436,10 +489,16 @@ final class SegmentWorker {
         }
     }
 
+    /// Encodes into this worker's scratch (a text of n bytes may have n ids), then appends the ids alone to the
+    /// result: results hold ~1 byte per text byte, not 4.
     private func encode(_ t: UnsafeBufferPointer<UInt8>, _ r: SegmentResult, startsDocument: Bool) {
-        r.reserve(t.count)
-        r.count += session.encode(validUTF8: t, into: r.tokens + r.count)
-        r.fragments.append(.init(end: r.count, startsDocument: startsDocument))
+        if t.count > scratchCapacity {
+            scratch.deallocate()
+            scratchCapacity = max(t.count, scratchCapacity * 2)
+            scratch = .allocate(capacity: scratchCapacity)
+        }
+        let n = session.encode(validUTF8: t, into: scratch)
+        r.append(scratch, count: n, startsDocument: startsDocument)
     }
 
     private func encodeRepaired(_ t: UnsafeBufferPointer<UInt8>, _ r: SegmentResult, startsDocument: Bool) {

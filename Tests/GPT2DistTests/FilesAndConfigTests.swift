@@ -142,32 +142,4 @@ struct FileFormatTests {
         let firstEpoch = (0..<shuffled.spans).map { shuffled.span(step: $0) }
         #expect(Set(firstEpoch).count == shuffled.spans && firstEpoch != Array(0..<shuffled.spans))
     }
-
-    @Test func prepareWritesShardsAndRefusesBadInput() throws {
-        // Launch/fetch-data's data directory: $GPT2DIST_DATA if set, else <repo>/data.
-        let data = ProcessInfo.processInfo.environment["GPT2DIST_DATA"].flatMap { $0.isEmpty ? nil : $0 }
-            ?? repoRoot + "/data"
-        let vocab = data + "/gpt2/gpt2.tiktoken"
-        guard FileManager.default.fileExists(atPath: vocab) else {
-            Issue.record("GPT-2 vocabulary missing: no \(vocab) (run Launch/fetch-data)"); return
-        }
-        let tok = try GPT2Tokenizer(tiktokenFile: URL(fileURLWithPath: vocab))
-        let dir = tmpDir("prepare")
-        let text = String(repeating: "Every effort moves you. To be, or not to be.\n", count: 50)
-        try text.write(toFile: dir + "/a.txt", atomically: true, encoding: .utf8)
-        var p = DatasetPreparer(inputs: [dir + "/a.txt"], outDirectory: dir + "/out")
-        p.valFraction = 0.2; p.shardTokens = 200
-        let s = try p.run(tokenizer: tok) { _ in }
-        let all = try TokenDataset(spec: dir + "/out/train_*.bin", vocabSize: 50257).tokens()
-            + TokenDataset(spec: dir + "/out/val_*.bin", vocabSize: 50257).tokens()
-        #expect(all == [50256] + tok.encode(text).map { $0 })
-        #expect(s.valTokens == Int(Double(all.count) * 0.2) && s.files.count > 2)
-        #expect(throws: TrainError.self) { _ = try p.run(tokenizer: tok) { _ in } }  // shards exist: not overwritten
-        try Data([0x66, 0xFF, 0xFE, 0x0A]).write(to: URL(fileURLWithPath: dir + "/bad.txt"))
-        var q = DatasetPreparer(inputs: [dir + "/bad.txt"], outDirectory: dir + "/out2")
-        #expect(throws: TrainError.self) { _ = try q.run(tokenizer: tok) { _ in } }
-        #expect(!FileManager.default.fileExists(atPath: dir + "/out2/train_000000.bin"))
-        q.lossy = true
-        #expect(try q.run(tokenizer: tok) { _ in }.trainTokens > 0)
-    }
 }

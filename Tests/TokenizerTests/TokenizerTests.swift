@@ -9,10 +9,6 @@ private typealias Support = TokenizerTestSupport
 
 @Suite("GPT-2 tokenizer")
 struct TokenizerTests {
-    @Test func sha256SelfCheck() {
-        #expect(SHA256.hex([]) == "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
-        #expect(SHA256.hex(Array("abc".utf8)) == "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
-    }
 
     @Test func seedChecks() throws {
         guard let tok = Support.tiktokenTokenizer() else { return }

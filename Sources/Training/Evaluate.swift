@@ -23,3 +23,72 @@ public func evaluateLoss(graph: GPT2Graph, data: TokenDataset, batchSize: Int, s
     comm.allReduceSum(&total)
     return total[0] / Double(batches * batchSize * seqLen)
 }
+
+/// Count-based reference models from a training split, scored on the same positions as the model: a unigram
+/// (add-one smoothed over the vocabulary) and a bigram interpolated with it, 0.7 · c(prev, next) / c(prev) +
+/// 0.3 · unigram(next) (the unigram alone after a token never seen in training). They tell how far the model
+/// has got beyond token frequencies and one token of context.
+public struct CountBaselines {
+    public let vocabSize: Int
+    public let trainTokens: Int
+    private var unigram: [Int]
+    private var following: [Int]            // c(prev) as a predecessor
+    private var bigram: [UInt32: Int] = [:] // (prev << 16 | next) -> count
+
+    public init(train: TokenDataset, vocabSize: Int) {
+        self.vocabSize = vocabSize
+        unigram = [Int](repeating: 0, count: vocabSize)
+        following = [Int](repeating: 0, count: vocabSize)
+        let n = train.count
+        trainTokens = n
+        var chunk = [Int32](repeating: 0, count: 1 << 20)
+        var previous: Int32 = -1
+        var start = 0
+        while start < n {
+            let m = min(chunk.count, n - start)
+            chunk.withUnsafeMutableBufferPointer { train.copy(from: start, count: m, into: $0.baseAddress!) }
+            for i in 0..<m {
+                let t = chunk[i]
+                unigram[Int(t)] += 1
+                if previous >= 0 {
+                    following[Int(previous)] += 1
+                    bigram[UInt32(previous) << 16 | UInt32(t), default: 0] += 1
+                }
+                previous = t
+            }
+            start += m
+        }
+    }
+
+    public func unigramProbability(_ t: Int32) -> Double {
+        Double(unigram[Int(t)] + 1) / Double(trainTokens + vocabSize)
+    }
+
+    public func bigramProbability(_ previous: Int32, _ t: Int32) -> Double {
+        let u = unigramProbability(t)
+        let c = following[Int(previous)]
+        guard c > 0 else { return u }
+        return 0.7 * Double(bigram[UInt32(previous) << 16 | UInt32(t)] ?? 0) / Double(c) + 0.3 * u
+    }
+
+    /// Mean cross-entropy (nats) of both models over the positions `evaluateLoss` scores: for batch s, targets
+    /// [start + 1, start + 1 + B·T) with their preceding tokens as context.
+    public func losses(data: TokenDataset, batchSize: Int, seqLen: Int, batches: Int) throws -> (unigram: Double, bigram: Double) {
+        let order = try BatchOrder(tokenCount: data.count, batchSize: batchSize, seqLen: seqLen)
+        let n = batchSize * seqLen
+        var inputs = [Int32](repeating: 0, count: n), targets = inputs
+        var uni = 0.0, bi = 0.0
+        for s in 0..<batches {
+            inputs.withUnsafeMutableBufferPointer { i in
+                targets.withUnsafeMutableBufferPointer { t in
+                    order.fill(data, step: s, firstRow: 0, rows: batchSize, inputs: i.baseAddress!, targets: t.baseAddress!)
+                }
+            }
+            for k in 0..<n {
+                uni -= log(unigramProbability(targets[k]))
+                bi -= log(bigramProbability(inputs[k], targets[k]))
+            }
+        }
+        return (uni / Double(batches * n), bi / Double(batches * n))
+    }
+}

@@ -27,9 +27,12 @@ struct Eval: ParsableCommand {
         abstract: "Mean next-token cross-entropy of a checkpoint on a token file.",
         discussion: """
         Uses the batch order of training: batch s starts at token (s mod M)*B*T, M = floor((tokens-1)/(B*T)), \
-        for s = 0 ..< --batches. Runs alone or under mpirun (rows split over ranks). --text tokenizes a UTF-8 \
-        file with GPT-2's BPE first (one document, preceded by <|endoftext|>, as prepare does).
+        for s = 0 ..< --batches (0: all M). Runs alone or under mpirun (rows split over ranks). A directory means \
+        its val_*.bin shards (as train's --val). --text tokenizes a UTF-8 file with GPT-2's BPE first (one \
+        document, preceded by <|endoftext|>, as prepare does). --baselines also scores count-based unigram and \
+        bigram models, counted on the given training tokens, on the same positions.
           gpt2-dist eval --checkpoint runs/demo --data data/shakespeare/val_000000.bin --batch-size 8 --seq-len 128 --batches 10
+          gpt2-dist eval --checkpoint runs/quickstart --data data/shakespeare-complete --batches 0 --baselines data/shakespeare-complete
           gpt2-dist eval --checkpoint runs/demo --text some.txt --batch-size 4 --seq-len 128 --batches 5 --json
         """
     )
@@ -39,8 +42,9 @@ struct Eval: ParsableCommand {
     @Option(help: "GPT-2 vocabulary for --text: gpt2.tiktoken or a directory with it.") var vocab = "data/gpt2"
     @Option(help: "Sequences per batch.") var batchSize = 8
     @Option(help: "Tokens per sequence.") var seqLen = 128
-    @Option(help: "Number of batches.") var batches = 10
-    @Flag(help: "Print {\"loss\": ...} only.") var json = false
+    @Option(help: "Number of batches (0: every span of the data once).") var batches = 10
+    @Option(help: "Training tokens (file, directory of train_*.bin, or glob) to count unigram and bigram baselines on.") var baselines: String?
+    @Flag(help: "Print {\"loss\": ...} only (with unigram and bigram when --baselines is given).") var json = false
     @OptionGroup var compute: ComputeOptions
 
     func run() throws {
@@ -48,7 +52,7 @@ struct Eval: ParsableCommand {
         defer { comm.finalize() }
         _ = try compute.applyOrExit()
         try runOrFail {
-            guard batches > 0 else { throw TrainError("--batches must be a positive integer, got \(batches)") }
+            guard batches >= 0 else { throw TrainError("--batches must be 0 (all) or a positive integer, got \(batches)") }
             guard batchSize > 0, batchSize % comm.size == 0 else {
                 throw TrainError("--batch-size \(batchSize) is not divisible by the number of ranks (\(comm.size))")
             }
@@ -59,7 +63,7 @@ struct Eval: ParsableCommand {
             let tokens: TokenDataset
             switch (data, text) {
             case (let d?, nil):
-                tokens = try TokenDataset(spec: d, vocabSize: model.config.vocabSize)
+                tokens = try TokenDataset(spec: d, vocabSize: model.config.vocabSize, preferring: "val")
             case (nil, let t?):
                 guard let raw = FileManager.default.contents(atPath: t), let s = String(data: raw, encoding: .utf8) else {
                     throw TrainError("cannot read UTF-8 text from \(t)")
@@ -74,15 +78,28 @@ struct Eval: ParsableCommand {
             }
             let order = try BatchOrder(tokenCount: tokens.count, batchSize: batchSize, seqLen: seqLen)
             let graph = GPT2Graph(model: model, batch: batchSize / comm.size, seqLen: seqLen, mode: .evaluate)
+            let count = batches == 0 ? order.spans : batches
             let t0 = Runtime.now()
-            let loss = try evaluateLoss(graph: graph, data: tokens, batchSize: batchSize, seqLen: seqLen, batches: batches, comm: comm)
+            let loss = try evaluateLoss(graph: graph, data: tokens, batchSize: batchSize, seqLen: seqLen, batches: count, comm: comm)
+            let seconds = Runtime.now() - t0
             guard comm.isRoot else { return }
+            var reference: (unigram: Double, bigram: Double, trainTokens: Int)?
+            if let b = baselines {
+                let counts = CountBaselines(train: try TokenDataset(spec: b, vocabSize: model.config.vocabSize, preferring: "train"),
+                                            vocabSize: model.config.vocabSize)
+                let l = try counts.losses(data: tokens, batchSize: batchSize, seqLen: seqLen, batches: count)
+                reference = (l.unigram, l.bigram, counts.trainTokens)
+            }
             if json {
-                print("{\"loss\": \(loss)}")
+                print("{\"loss\": \(loss)" + (reference.map { ", \"unigram\": \($0.unigram), \"bigram\": \($0.bigram)" } ?? "") + "}")
             } else {
                 print("\(Runtime.blasDescription); checkpoint step \(step)")
                 print(String(format: "eval loss %.6f (perplexity %.2f) over %d batches of %d x %d tokens (%d spans available) in %.2f s",
-                             loss, exp(loss), batches, batchSize, seqLen, order.spans, Runtime.now() - t0))
+                             loss, exp(loss), count, batchSize, seqLen, order.spans, seconds))
+                if let r = reference {
+                    print(String(format: "  on the same positions: bigram %.4f, unigram %.4f (counted on %d training tokens); model - bigram %+.4f, model - unigram %+.4f",
+                                 r.bigram, r.unigram, r.trainTokens, loss - r.bigram, loss - r.unigram))
+                }
             }
         }
     }

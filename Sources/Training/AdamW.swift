@@ -3,11 +3,15 @@ import Foundation
 
 /// AdamW with PyTorch's semantics: p -= lr·wd·p, then the bias-corrected Adam step
 /// p -= (lr / (1 - β1^t)) · m / (sqrt(v) / sqrt(1 - β2^t) + eps). Weight decay only on tensors with
-/// 2 or more dimensions. State m and v cover a contiguous slice of the flat parameter buffer
-/// (the whole buffer, or this rank's shard under ZeRO-1).
+/// 2 or more dimensions. The token embedding (wte, tied with the output head) may take a multiple of the
+/// learning rate (`embeddingLRScale`, as separate embedding learning rates in modded-nanogpt): each of its rows
+/// is updated only when its token occurs, and a small model trained briefly learns token statistics much faster
+/// with it. State m and v cover a contiguous slice of the flat parameter buffer (the whole buffer, or this rank's
+/// shard under ZeRO-1).
 public final class AdamW {
     public struct Hyper: Codable, Equatable, Sendable {
         public var beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weightDecay = 0.1
+        public var embeddingLRScale = 1.0
         public init() {}
     }
 
@@ -15,8 +19,8 @@ public final class AdamW {
     public let slice: Range<Int>
     public let m: FloatBuffer, v: FloatBuffer
     public var hyper: Hyper
-    /// Per-float weight-decay flag runs over the slice: (range within slice, decays).
-    let decayRuns: [(Range<Int>, Bool)]
+    /// Runs of the slice by tensor: (range within slice, decays, learning-rate multiplier).
+    let runs: [(range: Range<Int>, decays: Bool, lrScale: Double)]
 
     public init(layout: ParameterLayout, slice: Range<Int>? = nil, hyper: Hyper) {
         self.layout = layout
@@ -25,12 +29,14 @@ public final class AdamW {
         self.hyper = hyper
         m = FloatBuffer(count: s.count)
         v = FloatBuffer(count: s.count)
-        var runs: [(Range<Int>, Bool)] = []
+        var runs: [(range: Range<Int>, decays: Bool, lrScale: Double)] = []
         for e in layout.entries {
             let lo = max(e.offset, s.lowerBound), hi = min(e.offset + e.count, s.upperBound)
-            if lo < hi { runs.append(((lo - s.lowerBound)..<(hi - s.lowerBound), e.decays)) }
+            if lo < hi {
+                runs.append(((lo - s.lowerBound)..<(hi - s.lowerBound), e.decays, e.name == "wte" ? hyper.embeddingLRScale : 1))
+            }
         }
-        decayRuns = runs
+        self.runs = runs
     }
 
     /// One update of params[slice] from grads (pointing at the slice's gradients), with the gradient
@@ -38,9 +44,11 @@ public final class AdamW {
     public func step(params: UnsafeMutablePointer<Float>, grads: UnsafePointer<Float>, lr: Double, t: Int, gradScale: Float) {
         let b1 = Float(hyper.beta1), b2 = Float(hyper.beta2), eps = Float(hyper.eps)
         let bc1 = 1 - pow(hyper.beta1, Double(t)), bc2 = 1 - pow(hyper.beta2, Double(t))
-        let stepSize = Float(lr / bc1), invSqrtBc2 = Float(1 / bc2.squareRoot())
+        let invSqrtBc2 = Float(1 / bc2.squareRoot())
         let mp = m.pointer, vp = v.pointer
-        for (run, decays) in decayRuns {
+        for (run, decays, lrScale) in runs {
+            let lr = lr * lrScale
+            let stepSize = Float(lr / bc1)
             let decay: Float = decays ? 1 - Float(lr * hyper.weightDecay) : 1
             Parallel.chunks(run.count, costPerItem: 12) { _, r in
                 for j in r {

@@ -39,6 +39,8 @@ public struct TrainOptions: ParsableArguments {
     public var lrDecaySteps: Int?
     @Option(help: "AdamW weight decay on matrices and embeddings.")
     public var weightDecay = 0.1
+    @Option(help: "Learning-rate multiplier for the token embedding (wte, tied with the output head); 1 is GPT-2's single rate.")
+    public var embeddingLrScale = 1.0
     @Option(help: "AdamW beta1.")
     public var beta1 = 0.9
     @Option(help: "AdamW beta2.")
@@ -249,6 +251,7 @@ public struct TrainOptions: ParsableArguments {
         try require(LRSchedule.Kind(rawValue: lrSchedule) != nil, "--lr-schedule must be constant or cosine, got \(lrSchedule)")
         if let d = lrDecaySteps { try positive(d, "lr-decay-steps") }
         try finite(weightDecay, "weight-decay", ">= 0", { $0 >= 0 })
+        try finite(embeddingLrScale, "embedding-lr-scale", "> 0", { $0 > 0 })
         try finite(beta1, "beta1", "in [0, 1)", { $0 >= 0 && $0 < 1 })
         try finite(beta2, "beta2", "in [0, 1)", { $0 >= 0 && $0 < 1 })
         try finite(eps, "eps", "> 0", { $0 > 0 })

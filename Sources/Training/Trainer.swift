@@ -165,7 +165,8 @@ public final class Trainer {
         let sharding = OptimizerSharding(total: cfg.parameterCount, ranks: n, rank: comm.rank, sharded: o.zero == 1 && n > 1)
         let model = GPT2Model(config: cfg, paddedCount: sharding.paddedCount)
         let optimizer = AdamW(layout: model.parameters.layout, slice: sharding.mine, hyper: {
-            var h = AdamW.Hyper(); h.beta1 = o.beta1; h.beta2 = o.beta2; h.eps = o.eps; h.weightDecay = o.weightDecay; return h
+            var h = AdamW.Hyper(); h.beta1 = o.beta1; h.beta2 = o.beta2; h.eps = o.eps; h.weightDecay = o.weightDecay
+            h.embeddingLRScale = o.embeddingLrScale; return h
         }())
         let graph = GPT2Graph(model: model, batch: plan.micro, seqLen: o.seqLen, mode: .train, recompute: o.recompute)
         graph.lossGradScale = 1 / Float(o.batchSize * o.seqLen)  // summed over micro-batches and ranks = the global mean

@@ -97,8 +97,11 @@ struct Eval: ParsableCommand {
                 print(String(format: "eval loss %.6f (perplexity %.2f) over %d batches of %d x %d tokens (%d spans available) in %.2f s",
                              loss, exp(loss), count, batchSize, seqLen, order.spans, seconds))
                 if let r = reference {
-                    print(String(format: "  on the same positions: bigram %.4f, unigram %.4f (counted on %d training tokens); model - bigram %+.4f, model - unigram %+.4f",
-                                 r.bigram, r.unigram, r.trainTokens, loss - r.bigram, loss - r.unigram))
+                    print(String(format: "  model    %.4f", loss))
+                    print(String(format: "  bigram   %.4f  (counts of %d training tokens: 0.7 bigram + 0.3 unigram)", r.bigram, r.trainTokens))
+                    print(String(format: "  unigram  %.4f  (counts, add-one smoothed)", r.unigram))
+                    func relation(_ d: Double) -> String { String(format: "%.2f nats %@", abs(d), d <= 0 ? "below" : "above") }
+                    print("  the model is \(relation(loss - r.unigram)) the unigram and \(relation(loss - r.bigram)) the bigram")
                 }
             }
         }

@@ -1,4 +1,5 @@
 import Autograd
+import Data
 import Checkpoint
 import Distributed
 import Foundation
@@ -66,6 +67,49 @@ struct TrainingParityTests {
             #expect(abs(Double(p[i]) - ref) < 1e-6, "param \(i): \(p[i]) vs \(ref)")
         }
         _ = g.withUnsafeMutableBufferPointer { $0 }
+    }
+
+    /// --embedding-lr-scale: wte steps (and decays) with the scaled rate, everything else with the base rate; a
+    /// ZeRO-1 slice that cuts wte in two applies it to its part.
+    @Test func embeddingLearningRateScaleAppliesToTheTokenEmbeddingOnly() {
+        var layout = ParameterLayout()
+        layout.append("wte", [3, 2])
+        layout.append("h.0.ln_1.weight", [2])
+        var hyper = AdamW.Hyper(); hyper.embeddingLRScale = 30
+        let g: [Float] = [0.1, -0.2, 0.3, 0.4, -0.5, 0.6, 0.7, -0.8]
+        let p0: [Float] = [1, -2, 0.5, 3, 1, 2, -1, 0.25]
+        func reference(_ i: Int, lr: Double) -> Double {
+            let gi = Double(g[i]), decayed = Double(p0[i]) * (i < 6 ? 1 - lr * 0.1 : 1)
+            let m = 0.1 * gi, v = 0.05 * gi * gi
+            return decayed - (lr / 0.1) * m / (v.squareRoot() / (0.05).squareRoot() + 1e-8)
+        }
+        var p = p0
+        AdamW(layout: layout, hyper: hyper).step(params: &p, grads: g, lr: 1e-3, t: 1, gradScale: 1)
+        for i in 0..<8 {
+            let ref = reference(i, lr: i < 6 ? 3e-2 : 1e-3)
+            #expect(abs(Double(p[i]) - ref) < 1e-6, "param \(i): \(p[i]) vs \(ref)")
+        }
+        var q = p0
+        let shard = AdamW(layout: layout, slice: 4..<8, hyper: hyper)
+        q.withUnsafeMutableBufferPointer { b in
+            g.withUnsafeBufferPointer { shard.step(params: b.baseAddress! + 4, grads: $0.baseAddress! + 4, lr: 1e-3, t: 1, gradScale: 1) }
+        }
+        #expect(q[0..<4] == p0[0..<4] && q[4..<8] == p[4..<8])
+    }
+
+    /// Count baselines by hand on a tiny stream: 1 2 1 2 1 3 (vocab 4, add-one unigram).
+    @Test func countBaselinesMatchHandComputation() throws {
+        let train = TokenDataset(tokens: [1, 2, 1, 2, 1, 3])
+        let b = CountBaselines(train: train, vocabSize: 4)
+        #expect(abs(b.unigramProbability(1) - 4.0 / 10) < 1e-12 && abs(b.unigramProbability(0) - 1.0 / 10) < 1e-12)
+        // After 1: 2 twice, 3 once; after 3: never seen as a predecessor.
+        #expect(abs(b.bigramProbability(1, 2) - (0.7 * 2 / 3 + 0.3 * 3 / 10)) < 1e-12)
+        #expect(abs(b.bigramProbability(3, 2) - 3.0 / 10) < 1e-12)
+        // Scored on the eval positions of a batch of 1 x 2 over tokens 1 2 3: targets 2 (after 1) and 3 (after 2).
+        let val = TokenDataset(tokens: [1, 2, 3])
+        let l = try b.losses(data: val, batchSize: 1, seqLen: 2, batches: 1)
+        #expect(abs(l.unigram - -(log(3.0 / 10) + log(2.0 / 10)) / 2) < 1e-12)
+        #expect(abs(l.bigram - -(log(0.7 * 2 / 3 + 0.3 * 3 / 10) + log(0.7 * 0 + 0.3 * 2 / 10)) / 2) < 1e-12)
     }
 
     @Test func learningRateSchedule() {

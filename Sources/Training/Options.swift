@@ -57,7 +57,7 @@ public struct TrainOptions: ParsableArguments {
     public var initFrom: String?
     @Option(help: "Resume: alone, the newest complete checkpoint in --out; or a checkpoint file. The run's stored settings apply, then --run-config, then flags.")
     public var resume: String?
-    @Flag(help: "With --resume: continue even though --data now holds a different dataset than the checkpoint was trained on (by its manifest id).")
+    @Flag(inversion: .prefixedNo, exclusivity: .chooseLast, help: "With --resume: continue even though --data now holds a different dataset than the checkpoint was trained on (by its manifest id).")
     public var allowDataChange = false
     @Option(help: "Checkpoint every N steps (0: only at the end and on preemption).")
     public var ckptEvery = 0

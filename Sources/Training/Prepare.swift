@@ -106,7 +106,8 @@ public struct DatasetPreparer {
             // Tokenize the block's segments on all threads, each thread taking the next segment in turn.
             let lock = NSLock()
             var next = 0
-            reader.buffer.withUnsafeBufferPointer { buffer in
+            do {
+                let buffer = reader.buffer
                 DispatchQueue.concurrentPerform(iterations: workers.count) { w in
                     while true {
                         lock.lock(); let s = next; next += 1; lock.unlock()
@@ -235,7 +236,9 @@ public func vocabularyIdentity(_ path: String) throws -> [DatasetManifest.Vocabu
 }
 
 /// Reads the inputs in blocks: whole files, or for large ones pieces cut where the token ids cannot change
-/// (text) or at line ends (JSONL). Large pieces are split further so that every thread has work.
+/// (text) or at line ends (JSONL). Large pieces are split further so that every thread has work. Bytes are read
+/// straight into one reused block buffer (no per-block allocation or zero-filling); only the few bytes after the
+/// last cut are carried to the next block.
 final class CorpusBlockReader {
     struct Segment {
         var file: Int
@@ -248,7 +251,10 @@ final class CorpusBlockReader {
     let tokenizer: GPT2Tokenizer
     let blockBytes: Int
     let threads: Int
-    private(set) var buffer: [UInt8] = []
+    private var block: UnsafeMutablePointer<UInt8>
+    private var capacity: Int
+    private var used = 0
+    var buffer: UnsafeBufferPointer<UInt8> { UnsafeBufferPointer(start: block, count: used) }
     private(set) var segments: [Segment] = []
     private(set) var bytesHandedOut = 0
     private var fileIndex = 0
@@ -260,54 +266,73 @@ final class CorpusBlockReader {
 
     init(files: [CorpusFile], tokenizer: GPT2Tokenizer, blockBytes: Int, threads: Int) {
         self.files = files; self.tokenizer = tokenizer; self.blockBytes = max(blockBytes, 1 << 16); self.threads = max(threads, 1)
+        capacity = self.blockBytes
+        block = .allocate(capacity: capacity)
     }
 
-    deinit { if fd >= 0 { close(fd) } }
+    deinit {
+        if fd >= 0 { close(fd) }
+        block.deallocate()
+    }
 
     /// Empty text files seen since the last call (each is an empty document).
     func takeEmptyFiles() -> Int { defer { emptyFiles = 0 }; return emptyFiles }
 
+    private func ensureCapacity(_ n: Int) {
+        guard n > capacity else { return }
+        let bigger = max(n, capacity * 2)
+        let b = UnsafeMutablePointer<UInt8>.allocate(capacity: bigger)
+        b.update(from: block, count: used)
+        block.deallocate()
+        block = b; capacity = bigger
+    }
+
     /// Reads the next block into `buffer` and `segments`; false at the end of the corpus.
     func nextBlock() throws -> Bool {
-        buffer.removeAll(keepingCapacity: true)
+        used = 0
         segments.removeAll(keepingCapacity: true)
-        while buffer.count < blockBytes && fileIndex < files.count {
+        while used < blockBytes && fileIndex < files.count {
             let file = files[fileIndex]
             if fd < 0 {
                 fd = open(file.path, O_RDONLY)
                 guard fd >= 0 else { throw TrainError("cannot read input file \(file.path)") }
                 offset = 0; line = 1; carry.removeAll(keepingCapacity: true); eof = false
             }
-            var chunk = carry
-            carry = []
-            var want = blockBytes - buffer.count
+            // This file's bytes start at `start`: first those carried over, then fresh ones.
+            let start = used
+            var want = max(blockBytes - used, carry.count + (64 << 10))
+            ensureCapacity(start + want)
+            carry.withUnsafeBufferPointer { c in (block + start).update(from: c.baseAddress!, count: c.count) }
+            var have = carry.count
+            carry.removeAll(keepingCapacity: true)
             var cut: Int? = nil
             while cut == nil {
-                try read(into: &chunk, upTo: want, path: file.path)
-                cut = eof ? chunk.count : findCut(chunk, kind: file.kind)
+                have += try read(into: block + start + have, upTo: want - have, path: file.path)
+                let view = UnsafeBufferPointer(start: block + start, count: have)
+                cut = eof ? have : findCut(view, kind: file.kind)
                 if cut == nil {
-                    if file.kind == .text && chunk.count >= 64 << 20 {
+                    if file.kind == .text && have >= 64 << 20 {
                         // 64 MB without a single safe cut (no spaces or newlines): cut at a scalar boundary. The ids
                         // may differ from the whole text's at this one point.
-                        var c = chunk.count - 1
-                        while c > 0 && chunk[c] & 0xC0 == 0x80 { c -= 1 }
+                        var c = have - 1
+                        while c > 0 && view[c] & 0xC0 == 0x80 { c -= 1 }
                         cut = max(c, 1)
                     } else {
-                        want = chunk.count * 2
+                        want = have * 2
+                        ensureCapacity(start + want)
                     }
                 }
             }
             let n = cut!
             if offset == 0 && eof && n == 0 && file.kind == .text { emptyFiles += 1 }
+            carry.append(contentsOf: UnsafeBufferPointer(start: block + start + n, count: have - n))
+            used = start + n
             if n > 0 {
-                let start = buffer.count
-                buffer.append(contentsOf: chunk[0..<n])
-                split(Segment(file: fileIndex, range: start..<buffer.count, fileOffset: offset, firstLine: line), kind: file.kind)
-                if file.kind == .jsonl { line += chunk[0..<n].reduce(0) { $0 + ($1 == 0x0A ? 1 : 0) } }
+                split(Segment(file: fileIndex, range: start..<used, fileOffset: offset, firstLine: line), kind: file.kind)
+                if file.kind == .jsonl { line += newlines(block + start, n) }
                 offset += n
                 bytesHandedOut += n
             }
-            carry = Array(chunk[n...])
             if eof && carry.isEmpty {
                 close(fd); fd = -1; fileIndex += 1
             }
@@ -315,35 +340,39 @@ final class CorpusBlockReader {
         return !segments.isEmpty || emptyFiles > 0
     }
 
-    private func read(into chunk: inout [UInt8], upTo want: Int, path: String) throws {
-        guard !eof, chunk.count < want else { return }
-        let old = chunk.count
-        chunk.reserveCapacity(want)
-        chunk.append(contentsOf: repeatElement(0, count: want - old))
-        var filled = old
-        try chunk.withUnsafeMutableBytes { raw in
-            while filled < want {
-                let got = Foundation.read(fd, raw.baseAddress! + filled, want - filled)
-                if got < 0 { if errno == EINTR { continue }; throw TrainError("cannot read \(path): \(String(cString: strerror(errno)))") }
-                if got == 0 { eof = true; break }
-                filled += got
-            }
+    /// Reads up to `count` bytes of the open file into `p`; returns how many (fewer only at the end of the file).
+    private func read(into p: UnsafeMutablePointer<UInt8>, upTo count: Int, path: String) throws -> Int {
+        guard !eof, count > 0 else { return 0 }
+        var filled = 0
+        while filled < count {
+            let got = Foundation.read(fd, p + filled, count - filled)
+            if got < 0 { if errno == EINTR { continue }; throw TrainError("cannot read \(path): \(String(cString: strerror(errno)))") }
+            if got == 0 { eof = true; break }
+            filled += got
         }
-        chunk.removeLast(want - filled)
+        return filled
+    }
+
+    private func newlines(_ p: UnsafePointer<UInt8>, _ n: Int) -> Int {
+        var count = 0, i = 0
+        while i < n, let hit = memchr(p + i, 0x0A, n - i) {
+            count += 1
+            i = UnsafePointer<UInt8>(hit.assumingMemoryBound(to: UInt8.self)) - p + 1
+        }
+        return count
     }
 
     /// Where the bytes read so far can end a segment: after the last newline (JSONL), or at a safe cut near the
     /// end (text); nil when there is none yet.
-    private func findCut(_ chunk: [UInt8], kind: CorpusFile.Kind) -> Int? {
+    private func findCut(_ b: UnsafeBufferPointer<UInt8>, kind: CorpusFile.Kind) -> Int? {
         switch kind {
         case .jsonl:
-            guard let last = chunk.lastIndex(of: 0x0A) else { return nil }
-            return last + 1
+            var i = b.count - 1
+            while i >= 0 && b[i] != 0x0A { i -= 1 }
+            return i >= 0 ? i + 1 : nil
         case .text:
-            return chunk.withUnsafeBufferPointer { b in
-                tokenizer.safeCut(b, from: max(b.count - (64 << 10), 1), limit: b.count)
-                    ?? tokenizer.safeCut(b, from: b.count / 2, limit: b.count)
-            }
+            return tokenizer.safeCut(b, from: max(b.count - (64 << 10), 1), limit: b.count)
+                ?? tokenizer.safeCut(b, from: b.count / 2, limit: b.count)
         }
     }
 
@@ -351,22 +380,22 @@ final class CorpusBlockReader {
     private func split(_ seg: Segment, kind: CorpusFile.Kind) {
         let target = max(blockBytes / (2 * threads), 1 << 16)
         var piece = seg
-        buffer.withUnsafeBufferPointer { b in
-            while piece.range.count > target + target / 2 {
-                let lo = piece.range.lowerBound, hi = piece.range.upperBound
-                let view = UnsafeBufferPointer(rebasing: b[lo..<hi])
-                var cut: Int?
-                switch kind {
-                case .jsonl:
-                    if let nl = view[target...].firstIndex(of: 0x0A) { cut = nl + 1 }   // rebased: indices start at 0
-                case .text:
-                    cut = tokenizer.safeCut(view, from: target, limit: view.count)
+        while piece.range.count > target + target / 2 {
+            let lo = piece.range.lowerBound, hi = piece.range.upperBound
+            let view = UnsafeBufferPointer(start: block + lo, count: hi - lo)
+            var cut: Int?
+            switch kind {
+            case .jsonl:
+                if let nl = memchr(view.baseAddress! + target, 0x0A, view.count - target) {
+                    cut = UnsafePointer<UInt8>(nl.assumingMemoryBound(to: UInt8.self)) - view.baseAddress! + 1
                 }
-                guard let c = cut, c < view.count else { break }
-                segments.append(Segment(file: piece.file, range: lo..<(lo + c), fileOffset: piece.fileOffset, firstLine: piece.firstLine))
-                let lines = kind == .jsonl ? view[0..<c].reduce(0) { $0 + ($1 == 0x0A ? 1 : 0) } : 0
-                piece = Segment(file: piece.file, range: (lo + c)..<hi, fileOffset: piece.fileOffset + c, firstLine: piece.firstLine + lines)
+            case .text:
+                cut = tokenizer.safeCut(view, from: target, limit: view.count)
             }
+            guard let c = cut, c < view.count else { break }
+            segments.append(Segment(file: piece.file, range: lo..<(lo + c), fileOffset: piece.fileOffset, firstLine: piece.firstLine))
+            let lines = kind == .jsonl ? newlines(view.baseAddress!, c) : 0
+            piece = Segment(file: piece.file, range: (lo + c)..<hi, fileOffset: piece.fileOffset + c, firstLine: piece.firstLine + lines)
         }
         segments.append(piece)
     }

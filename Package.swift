@@ -24,6 +24,8 @@ let package = Package(
         .systemLibrary(name: "CMPI", pkgConfig: "ompi-c", providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
         .systemLibrary(name: "CBLAS", pkgConfig: "openblas", providers: [.apt(["libopenblas-dev"])]),
         .systemLibrary(name: "CHDF5", pkgConfig: "hdf5-serial", providers: [.apt(["libhdf5-dev"])]),
+        // zlib: prepare reads .txt.gz / .jsonl.gz inputs.
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
         // Reverse-mode autograd over coarse ops with hand-written kernels; knows nothing of files or MPI.
         .target(name: "Autograd", dependencies: ["CBLAS"], swiftSettings: fast),
@@ -40,7 +42,7 @@ let package = Package(
         // HDF5 checkpoints, metrics files and Hugging Face safetensors.
         .target(name: "Checkpoint", dependencies: ["CHDF5", "GPT2"], swiftSettings: fast),
         // Wires model, data, communicator and checkpoints into the training loop.
-        .target(name: "Training", dependencies: ["GPT2", "Data", "Distributed", "Checkpoint", "Tokenizer",
+        .target(name: "Training", dependencies: ["GPT2", "Data", "Distributed", "Checkpoint", "Tokenizer", "CZlib",
                                              .product(name: "ArgumentParser", package: "swift-argument-parser")], swiftSettings: fast),
         // The command line: parses and calls.
         .executableTarget(

@@ -1,27 +1,31 @@
 import Foundation
 
-/// One input of `prepare`: a text file (one document) or a JSONL file (one document per line).
+/// One input of `prepare`: a text file (one document) or a JSONL file (one document per line), either of them
+/// possibly gzip-compressed (.gz).
 public struct CorpusFile: Equatable, Sendable {
     public enum Kind: Sendable { case text, jsonl }
     public var path: String
     public var kind: Kind
-    public var bytes: Int
+    public var bytes: Int          // on disk (compressed for .gz)
+    public var compressed: Bool
 
-    /// Files, directories (recursively: *.txt and *.jsonl, hidden entries skipped) and glob patterns, in the
-    /// order given; a directory's and a pattern's files sorted by path. An explicitly named file is JSONL when
-    /// it ends in .jsonl, text otherwise.
+    /// Files, directories (recursively: *.txt, *.jsonl and their .gz forms; hidden entries skipped) and glob
+    /// patterns, in the order given; a directory's and a pattern's files sorted by path. An explicitly named file
+    /// is JSONL when its name (without .gz) ends in .jsonl, text otherwise.
     public static func expand(_ specs: [String]) throws -> [CorpusFile] {
         let fm = FileManager.default
         var files: [CorpusFile] = []
         func add(_ path: String, explicit: Bool) throws {
-            let lower = path.lowercased()
+            var lower = path.lowercased()
+            let compressed = lower.hasSuffix(".gz")
+            if compressed { lower.removeLast(3) }
             let kind: Kind = lower.hasSuffix(".jsonl") ? .jsonl : .text
             guard explicit || lower.hasSuffix(".txt") || kind == .jsonl else { return }
             guard let attributes = try? fm.attributesOfItem(atPath: path), let size = attributes[.size] as? Int,
                   access(path, R_OK) == 0 else {
                 throw TrainError("cannot read input file \(path)")
             }
-            files.append(CorpusFile(path: path, kind: kind, bytes: size))
+            files.append(CorpusFile(path: path, kind: kind, bytes: size, compressed: compressed))
         }
         func addDirectory(_ dir: String) throws {
             guard let walker = fm.enumerator(atPath: dir) else { throw TrainError("cannot read input directory \(dir)") }

@@ -1,3 +1,4 @@
+import CZlib
 import Data
 import Foundation
 import Tokenizer
@@ -120,7 +121,7 @@ public struct DatasetPreparer {
             writing.wait()   // block - 1 is merged: its counts are final, and its result set may be reused next
             if let e = merger.error { throw e }
             merger.manifest.emptyDocumentsSkipped += reader.takeEmptyFiles()
-            report.bytesDone = reader.bytesHandedOut
+            report.bytesDone = reader.inputBytesDone
             report.documents = merger.documents
             report.tokens = train.total + val.total
             report.seconds = Date().timeIntervalSince(t0)
@@ -258,7 +259,8 @@ final class CorpusBlockReader {
     private(set) var segments: [Segment] = []
     private(set) var bytesHandedOut = 0
     private var fileIndex = 0
-    private var fd: Int32 = -1
+    private var input: InputFile?
+    private var finishedBytes = 0   // on-disk bytes of the files read to the end
     private var offset = 0, line = 1
     private var carry: [UInt8] = []
     private var eof = false
@@ -270,10 +272,10 @@ final class CorpusBlockReader {
         block = .allocate(capacity: capacity)
     }
 
-    deinit {
-        if fd >= 0 { close(fd) }
-        block.deallocate()
-    }
+    deinit { block.deallocate() }
+
+    /// Input consumed so far, in on-disk bytes (compressed bytes for .gz), for progress.
+    var inputBytesDone: Int { finishedBytes + (input?.consumed ?? 0) }
 
     /// Empty text files seen since the last call (each is an empty document).
     func takeEmptyFiles() -> Int { defer { emptyFiles = 0 }; return emptyFiles }
@@ -293,9 +295,8 @@ final class CorpusBlockReader {
         segments.removeAll(keepingCapacity: true)
         while used < blockBytes && fileIndex < files.count {
             let file = files[fileIndex]
-            if fd < 0 {
-                fd = open(file.path, O_RDONLY)
-                guard fd >= 0 else { throw TrainError("cannot read input file \(file.path)") }
+            if input == nil {
+                input = try InputFile(file)
                 offset = 0; line = 1; carry.removeAll(keepingCapacity: true); eof = false
             }
             // This file's bytes start at `start`: first those carried over, then fresh ones.
@@ -307,7 +308,7 @@ final class CorpusBlockReader {
             carry.removeAll(keepingCapacity: true)
             var cut: Int? = nil
             while cut == nil {
-                have += try read(into: block + start + have, upTo: want - have, path: file.path)
+                have += try read(into: block + start + have, upTo: want - have)
                 let view = UnsafeBufferPointer(start: block + start, count: have)
                 cut = eof ? have : findCut(view, kind: file.kind)
                 if cut == nil {
@@ -334,19 +335,18 @@ final class CorpusBlockReader {
                 bytesHandedOut += n
             }
             if eof && carry.isEmpty {
-                close(fd); fd = -1; fileIndex += 1
+                input = nil; finishedBytes += file.bytes; fileIndex += 1
             }
         }
         return !segments.isEmpty || emptyFiles > 0
     }
 
     /// Reads up to `count` bytes of the open file into `p`; returns how many (fewer only at the end of the file).
-    private func read(into p: UnsafeMutablePointer<UInt8>, upTo count: Int, path: String) throws -> Int {
-        guard !eof, count > 0 else { return 0 }
+    private func read(into p: UnsafeMutablePointer<UInt8>, upTo count: Int) throws -> Int {
+        guard !eof, count > 0, let input else { return 0 }
         var filled = 0
         while filled < count {
-            let got = Foundation.read(fd, p + filled, count - filled)
-            if got < 0 { if errno == EINTR { continue }; throw TrainError("cannot read \(path): \(String(cString: strerror(errno)))") }
+            let got = try input.read(into: p + filled, count: count - filled)
             if got == 0 { eof = true; break }
             filled += got
         }
@@ -398,6 +398,56 @@ final class CorpusBlockReader {
             piece = Segment(file: piece.file, range: (lo + c)..<hi, fileOffset: piece.fileOffset + c, firstLine: piece.firstLine + lines)
         }
         segments.append(piece)
+    }
+}
+
+/// An open input: a plain file through read(2), or a gzip file through zlib (decompressed as it is read).
+final class InputFile {
+    let path: String
+    private var fd: Int32 = -1
+    private var gz: gzFile?
+    private var position = 0
+
+    init(_ file: CorpusFile) throws {
+        path = file.path
+        if file.compressed {
+            gz = gzopen(file.path, "rb")
+            guard let gz else { throw TrainError("cannot read input file \(file.path)") }
+            gzbuffer(gz, 1 << 18)
+        } else {
+            fd = open(file.path, O_RDONLY)
+            guard fd >= 0 else { throw TrainError("cannot read input file \(file.path)") }
+        }
+    }
+
+    deinit {
+        if fd >= 0 { close(fd) }
+        if let gz { gzclose(gz) }
+    }
+
+    /// On-disk bytes consumed.
+    var consumed: Int { gz.map { Int(gzoffset($0)) } ?? position }
+
+    /// Up to `count` bytes; 0 at the end.
+    func read(into p: UnsafeMutablePointer<UInt8>, count: Int) throws -> Int {
+        if let gz {
+            let got = gzread(gz, p, UInt32(min(count, 1 << 30)))
+            var code: Int32 = 0
+            let message = String(cString: gzerror(gz, &code))
+            if got < 0 || (code != Z_OK && code != Z_STREAM_END) {
+                throw TrainError("\(path): not a valid gzip file (\(message))")
+            }
+            return Int(got)
+        }
+        while true {
+            let got = Foundation.read(fd, p, count)
+            if got < 0 {
+                if errno == EINTR { continue }
+                throw TrainError("cannot read \(path): \(String(cString: strerror(errno)))")
+            }
+            position += got
+            return got
+        }
     }
 }
 
@@ -466,7 +516,7 @@ final class SegmentWorker {
             }
             if let bad = firstInvalidUTF8(bytes.baseAddress!, bytes.count) {
                 guard lossy else {
-                    r.error = "\(file.path): invalid UTF-8 at byte offset \(seg.fileOffset + bad) (pass --lossy to replace bad bytes with U+FFFD)"
+                    r.error = "\(file.path): invalid UTF-8 at byte offset \(seg.fileOffset + bad)\(file.compressed ? " of the decompressed text" : "") (pass --lossy to replace bad bytes with U+FFFD)"
                     return
                 }
                 encodeRepaired(bytes, r, startsDocument: seg.fileOffset == 0)

@@ -6,7 +6,7 @@ struct Prepare: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Tokenize a corpus of any size into llm.c .bin shards (train_*.bin, val_*.bin) and manifest.json.",
         discussion: """
-        Inputs are files, directories (recursively: *.txt and *.jsonl) and glob patterns. Each text file is one \
+        Inputs are files, directories (recursively: *.txt, *.jsonl and their .gz forms) and glob patterns. Each text file is one \
         document; each JSONL line is one document, its text in --jsonl-field. Every document is preceded by \
         <|endoftext|> (50256). The corpus is streamed: memory stays bounded whatever its size, and shards of at \
         most --shard-tokens tokens are written as they fill.
@@ -22,7 +22,7 @@ struct Prepare: ParsableCommand {
           gpt2-dist prepare --text 'crawl/*.jsonl' --jsonl-field content --skip-bad-lines --out data/crawl
         """
     )
-    @Option(parsing: .upToNextOption, help: "Inputs: UTF-8 text files, JSONL files, directories or glob patterns.") var text: [String]
+    @Option(parsing: .upToNextOption, help: "Inputs: UTF-8 text files, JSONL files (either may be .gz), directories or glob patterns.") var text: [String]
     @Option(help: "Output directory for the shards and manifest.json (must not hold a dataset yet).") var out: String
     @Option(help: "Fraction of documents for validation (0: none).") var valFraction = 0.1
     @Option(help: "Maximum tokens per shard (llm.c's default: 100M).") var shardTokens = 100_000_000
@@ -50,7 +50,7 @@ struct Prepare: ParsableCommand {
             }
             if isTTY { FileHandle.standardError.write(Data("\n".utf8)) }
             let m = s.manifest
-            print(String(format: "wrote %d shards and %@ to %@ in %.1f s (%.1f MB/s): %.2f MB of text",
+            print(String(format: "wrote %d shards and %@ to %@ in %.1f s (%.1f MB/s): %.2f MB of input",
                          m.shards.count, "manifest.json", out, s.seconds, Double(s.bytes) / 1e6 / max(s.seconds, 1e-9), Double(s.bytes) / 1e6))
             print("  train: \(m.train.documents) documents, \(m.train.tokens) tokens; val: \(m.val.documents) documents, \(m.val.tokens) tokens")
             print("  validation: \(m.validation)")

@@ -332,3 +332,44 @@ func peakRSS(_ args: [String]) throws -> (CLI.Result, Double) {
         #expect(corrupt.status != 0 && corrupt.stderr.contains("sha256 differs"), "\(corrupt.stderr)")
     }
 }
+
+extension PrepareTests {
+    /// .txt.gz and .jsonl.gz read as their plain forms (also found in directories); a truncated gzip file is a
+    /// one-line error that leaves nothing behind.
+    @Test func prepareReadsGzipInputs() throws {
+        guard let tok = try loadVocabulary() else { return }
+        let dir = tmpDir("prepare-gz")
+        var r = TestRandom(21)
+        let words = ["to", "be", "or", "not", "é", "😀", "\n", "the", "question"]
+        func prose(_ n: Int) -> String { (0..<n).map { _ in words[Int(r.next() % UInt64(words.count))] }.joined(separator: " ") }
+        try write(prose(20_000), dir + "/plain/a.txt")
+        try write((0..<30).map { _ in #"{"text": "\#(prose(50).replacingOccurrences(of: "\n", with: "\\n"))"}"# }.joined(separator: "\n") + "\n",
+                  dir + "/plain/b.jsonl")
+        try FileManager.default.createDirectory(atPath: dir + "/zipped", withIntermediateDirectories: true)
+        for name in ["a.txt", "b.jsonl"] {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "/bin/sh")
+            p.arguments = ["-c", "gzip -c '\(dir)/plain/\(name)' > '\(dir)/zipped/\(name).gz'"]
+            try p.run(); p.waitUntilExit()
+            #expect(p.terminationStatus == 0)
+        }
+        func prepare(_ input: String, _ out: String) throws -> DatasetPreparer.Summary {
+            var p = DatasetPreparer(inputs: [input], outDirectory: out)
+            p.valFraction = 0.2; p.blockBytes = 1 << 16
+            return try p.run(tokenizer: tok) { _ in }
+        }
+        let plain = try prepare(dir + "/plain", dir + "/out-plain"), zipped = try prepare(dir + "/zipped", dir + "/out-zipped")
+        #expect(zipped.manifest.train.documents == 25 && zipped.manifest.val.documents == 6)
+        #expect(zipped.manifest.shards.map(\.sha256) == plain.manifest.shards.map(\.sha256))
+        // Truncated: the first half of the compressed text file.
+        let whole = try Data(contentsOf: URL(fileURLWithPath: dir + "/zipped/a.txt.gz"))
+        try whole.prefix(whole.count / 2).write(to: URL(fileURLWithPath: dir + "/cut.txt.gz"))
+        do {
+            _ = try prepare(dir + "/cut.txt.gz", dir + "/out-cut")
+            Issue.record("a truncated gzip file was accepted")
+        } catch {
+            #expect("\(error)".contains("cut.txt.gz: not a valid gzip file"), "\(error)")
+        }
+        expectNoDataset(dir + "/out-cut")
+    }
+}

@@ -53,7 +53,7 @@ final class VocabStorage: @unchecked Sendable {
     let byteRank: UnsafeMutablePointer<UInt32>  // rank of each single byte
     let bytePairRank: UnsafeMutablePointer<UInt32>  // [b0 << 8 | b1] -> rank of the two-byte token, or none
     // Whole-token lookup: open addressing, slot = (high 32 bits of hash) << 32 | rank, empty = UInt64.max.
-    let seqSlots: UnsafeMutablePointer<UInt64>
+    let seqSlots: UnsafeMutablePointer<UInt32>  // hash tag (16 bits) << 16 | rank; 4 bytes a slot keeps the table in L2
     let seqMask: Int
     // Pair table: (rankA << 16 | rankB) -> rank of the token whose bytes are bytes(A) + bytes(B).
     let pairKeys: UnsafeMutablePointer<UInt32>
@@ -79,12 +79,13 @@ final class VocabStorage: @unchecked Sendable {
         }
         offsets[n] = Int32(off)
 
-        // Whole-token hash table (load factor < 0.4).
+        // Whole-token hash table (load factor < 0.4); slots hold 16-bit ranks (GPT-2 has 50,257 tokens).
+        precondition(n < 0xFFFF, "vocabulary of \(n) tokens: ranks must fit 16 bits")
         var seqCap = 1
         while seqCap < n * 5 / 2 { seqCap <<= 1 }
         seqMask = seqCap - 1
         seqSlots = .allocate(capacity: seqCap)
-        seqSlots.initialize(repeating: UInt64.max, count: seqCap)
+        seqSlots.initialize(repeating: UInt32.max, count: seqCap)
 
         byteRank = .allocate(capacity: 256)
         byteRank.initialize(repeating: VocabStorage.none, count: 256)
@@ -106,8 +107,8 @@ final class VocabStorage: @unchecked Sendable {
             }
             let h = hashBytes(p, len)
             var slot = Int(truncatingIfNeeded: h) & seqMask
-            while seqSlots[slot] != UInt64.max { slot = (slot + 1) & seqMask }
-            seqSlots[slot] = (h & 0xFFFF_FFFF_0000_0000) | UInt64(r)
+            while seqSlots[slot] != UInt32.max { slot = (slot + 1) & seqMask }
+            seqSlots[slot] = UInt32(truncatingIfNeeded: h >> 48) << 16 | UInt32(r)
         }
         for b in 0..<256 where byteRank[b] == VocabStorage.none {
             throw TokenizerError.invalidVocabulary(path: path, reason: "no token for the single byte 0x\(String(b, radix: 16))")
@@ -151,15 +152,15 @@ final class VocabStorage: @unchecked Sendable {
     @inline(__always)
     static func find(
         _ p: UnsafePointer<UInt8>, _ n: Int, _ h: UInt64, _ bytes: UnsafeMutablePointer<UInt8>,
-        _ offsets: UnsafeMutablePointer<Int32>, _ seqSlots: UnsafeMutablePointer<UInt64>, _ seqMask: Int
+        _ offsets: UnsafeMutablePointer<Int32>, _ seqSlots: UnsafeMutablePointer<UInt32>, _ seqMask: Int
     ) -> Int? {
-        let tag = h & 0xFFFF_FFFF_0000_0000
+        let tag = UInt32(truncatingIfNeeded: h >> 48)
         var slot = Int(truncatingIfNeeded: h) & seqMask
         while true {
             let s = seqSlots[slot]
-            if s == UInt64.max { return nil }
-            if s & 0xFFFF_FFFF_0000_0000 == tag {
-                let r = Int(truncatingIfNeeded: s & 0xFFFF_FFFF)
+            if s == UInt32.max { return nil }
+            if s >> 16 == tag {
+                let r = Int(s & 0xFFFF)
                 let o = Int(offsets[r])
                 if Int(offsets[r + 1]) - o == n && bytesEqual(bytes + o, p, n) { return r }
             }

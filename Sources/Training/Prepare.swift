@@ -95,29 +95,38 @@ public struct DatasetPreparer {
         let writing = DispatchGroup()
 
         var block = 0
-        while try reader.nextBlock() {
+        let prefetcher = DispatchQueue(label: "prepare.reader")
+        var more = try reader.nextBlock()
+        while more {
             if StopSignal.requested {
                 writing.wait()
                 throw TrainError("interrupted by \(StopSignal.name); nothing was written to \(outDirectory)")
             }
             let segments = reader.segments
+            let buffer = reader.buffer
             let slot = block % 2
             while results[slot].count < segments.count { results[slot].append(SegmentResult()) }
             let set = results[slot]
+            // Read the next block into the reader's other buffer while this one is tokenized.
+            let next = Prefetch()
+            let reading = DispatchGroup()
+            reading.enter()
+            prefetcher.async {
+                next.result = Result { try reader.nextBlock() }
+                reading.leave()
+            }
             // Tokenize the block's segments on all threads, each thread taking the next segment in turn.
             let lock = NSLock()
-            var next = 0
-            do {
-                let buffer = reader.buffer
-                DispatchQueue.concurrentPerform(iterations: workers.count) { w in
-                    while true {
-                        lock.lock(); let s = next; next += 1; lock.unlock()
-                        guard s < segments.count else { return }
-                        let seg = segments[s]
-                        workers[w].process(UnsafeBufferPointer(rebasing: buffer[seg.range]), seg, file: files[seg.file], into: set[s])
-                    }
+            var nextSegment = 0
+            DispatchQueue.concurrentPerform(iterations: workers.count) { w in
+                while true {
+                    lock.lock(); let s = nextSegment; nextSegment += 1; lock.unlock()
+                    guard s < segments.count else { return }
+                    let seg = segments[s]
+                    workers[w].process(UnsafeBufferPointer(rebasing: buffer[seg.range]), seg, file: files[seg.file], into: set[s])
                 }
             }
+            reading.wait()
             writing.wait()   // block - 1 is merged: its counts are final, and its result set may be reused next
             if let e = merger.error { throw e }
             merger.manifest.emptyDocumentsSkipped += reader.takeEmptyFiles()
@@ -132,6 +141,7 @@ public struct DatasetPreparer {
                 writing.leave()
             }
             block += 1
+            more = try next.result.get()
         }
         writing.wait()
         if let e = merger.error { throw e }
@@ -178,6 +188,11 @@ public struct DatasetPreparer {
     public static func isValidation(document d: Int, fraction f: Double) -> Bool {
         f > 0 && (Double(d + 1) * f).rounded(.down) > (Double(d) * f).rounded(.down)
     }
+}
+
+/// Whether the reader found another block (set on the reader's thread, read after it finished).
+final class Prefetch: @unchecked Sendable {
+    var result: Result<Bool, Error> = .success(false)
 }
 
 /// Appends tokenized blocks to the shards in corpus order, counting documents (runs on the writer thread; the
@@ -252,8 +267,11 @@ final class CorpusBlockReader {
     let tokenizer: GPT2Tokenizer
     let blockBytes: Int
     let threads: Int
-    private var block: UnsafeMutablePointer<UInt8>
-    private var capacity: Int
+    /// Two block buffers, used in turn: the next block is read into one while the workers tokenize the other.
+    private var buffers: [(pointer: UnsafeMutablePointer<UInt8>, capacity: Int)]
+    private var current = 0
+    private var block: UnsafeMutablePointer<UInt8> { buffers[current].pointer }
+    private var capacity: Int { buffers[current].capacity }
     private var used = 0
     var buffer: UnsafeBufferPointer<UInt8> { UnsafeBufferPointer(start: block, count: used) }
     private(set) var segments: [Segment] = []
@@ -268,11 +286,10 @@ final class CorpusBlockReader {
 
     init(files: [CorpusFile], tokenizer: GPT2Tokenizer, blockBytes: Int, threads: Int) {
         self.files = files; self.tokenizer = tokenizer; self.blockBytes = max(blockBytes, 1 << 16); self.threads = max(threads, 1)
-        capacity = self.blockBytes
-        block = .allocate(capacity: capacity)
+        buffers = (0..<2).map { _ in (UnsafeMutablePointer<UInt8>.allocate(capacity: max(blockBytes, 1 << 16)), max(blockBytes, 1 << 16)) }
     }
 
-    deinit { block.deallocate() }
+    deinit { for b in buffers { b.pointer.deallocate() } }
 
     /// Input consumed so far, in on-disk bytes (compressed bytes for .gz), for progress.
     var inputBytesDone: Int { finishedBytes + (input?.consumed ?? 0) }
@@ -286,11 +303,13 @@ final class CorpusBlockReader {
         let b = UnsafeMutablePointer<UInt8>.allocate(capacity: bigger)
         b.update(from: block, count: used)
         block.deallocate()
-        block = b; capacity = bigger
+        buffers[current] = (b, bigger)
     }
 
-    /// Reads the next block into `buffer` and `segments`; false at the end of the corpus.
+    /// Reads the next block into `buffer` and `segments` (the other buffer than the previous block's, which stays
+    /// valid meanwhile); false at the end of the corpus.
     func nextBlock() throws -> Bool {
+        current ^= 1
         used = 0
         segments.removeAll(keepingCapacity: true)
         while used < blockBytes && fileIndex < files.count {

@@ -14,12 +14,16 @@ public enum TokenShardFormat {
     public static let version: Int32 = 1
     public static let headerBytes = 256 * 4
 
+    /// The header of a shard holding `tokens` tokens.
+    public static func header(tokens: Int) -> Data {
+        var header = [Int32](repeating: 0, count: 256)
+        header[0] = magic; header[1] = version; header[2] = Int32(tokens)
+        return header.withUnsafeBytes { Data($0) }
+    }
+
     /// The bytes of a shard holding `tokens`.
     public static func encode(_ tokens: [UInt16]) -> Data {
-        var header = [Int32](repeating: 0, count: 256)
-        header[0] = magic; header[1] = version; header[2] = Int32(tokens.count)
-        var data = Data(capacity: headerBytes + tokens.count * 2)
-        header.withUnsafeBytes { data.append(contentsOf: $0) }
+        var data = header(tokens: tokens.count)
         tokens.withUnsafeBytes { data.append(contentsOf: $0) }
         return data
     }

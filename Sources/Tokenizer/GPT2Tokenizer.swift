@@ -39,23 +39,23 @@ public final class GPT2Tokenizer: Sendable {
         storage = try VocabStorage(tokens: tokens, path: encoderJSON.path)
     }
 
-    /// Loads from a folder holding `gpt2.tiktoken`, or else `encoder.json` and `vocab.bpe`.
-    public convenience init(directory: URL) throws {
+    /// The vocabulary files a folder provides: `gpt2.tiktoken`, or else `encoder.json` and `vocab.bpe`.
+    public static func vocabularyFiles(in directory: URL) throws -> [URL] {
         let fm = FileManager.default
         let tiktoken = directory.appendingPathComponent(GPT2Tokenizer.tiktokenFileName)
-        if fm.fileExists(atPath: tiktoken.path) {
-            try self.init(tiktokenFile: tiktoken)
-            return
-        }
+        if fm.fileExists(atPath: tiktoken.path) { return [tiktoken] }
         let json = directory.appendingPathComponent(GPT2Tokenizer.encoderJSONFileName)
         let bpe = directory.appendingPathComponent(GPT2Tokenizer.vocabBPEFileName)
-        if fm.fileExists(atPath: json.path) && fm.fileExists(atPath: bpe.path) {
-            try self.init(encoderJSON: json, vocabBPE: bpe)
-            return
-        }
+        if fm.fileExists(atPath: json.path) && fm.fileExists(atPath: bpe.path) { return [json, bpe] }
         throw TokenizerError.cannotRead(
             path: directory.path, reason: "no \(GPT2Tokenizer.tiktokenFileName), nor \(GPT2Tokenizer.encoderJSONFileName) "
                 + "with \(GPT2Tokenizer.vocabBPEFileName), in this folder")
+    }
+
+    /// Loads from a folder holding `gpt2.tiktoken`, or else `encoder.json` and `vocab.bpe`.
+    public convenience init(directory: URL) throws {
+        let files = try GPT2Tokenizer.vocabularyFiles(in: directory)
+        if files.count == 1 { try self.init(tiktokenFile: files[0]) } else { try self.init(encoderJSON: files[0], vocabBPE: files[1]) }
     }
 
     // MARK: encoding
@@ -110,31 +110,6 @@ public final class GPT2Tokenizer: Sendable {
                 }
                 initialized = total
             }
-        }
-    }
-
-    /// Same ids as `encode`, for large texts: pieces of about `pieceBytes` (cut where ids cannot change) are
-    /// encoded in turn, each on up to `threads` threads; `progress(bytesDone)` is called after each piece.
-    public func encode(_ text: String, threads: Int, pieceBytes: Int = 8 << 20, allowSpecial: Bool = true,
-                       progress: (Int) -> Void) -> [Int32] {
-        var text = text
-        return text.withUTF8 { buf -> [Int32] in
-            let n = buf.count
-            guard n > 0, let base = buf.baseAddress else { return [] }
-            var result = [Int32]()
-            result.reserveCapacity(n / 3)
-            var start = 0
-            while start < n {
-                var end = n
-                if n - start > pieceBytes + pieceBytes / 2 {
-                    end = safeCut(base, from: start + pieceBytes, limit: n, end: n) ?? n
-                }
-                let piece = String(decoding: UnsafeBufferPointer(start: base + start, count: end - start), as: UTF8.self)
-                result += encodeParallel(piece, threads: threads, allowSpecial: allowSpecial)
-                start = end
-                progress(start)
-            }
-            return result
         }
     }
 

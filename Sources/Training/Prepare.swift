@@ -80,8 +80,8 @@ public struct DatasetPreparer {
         manifest.jsonlField = jsonlField
         manifest.valFraction = valFraction
         manifest.inputs = files.map { DatasetManifest.Input(path: $0.path, bytes: $0.bytes, documents: 0) }
-        let train = try ShardWriter(prefix: "train", directory: staging, shardTokens: shardTokens)
-        let val = try ShardWriter(prefix: "val", directory: staging, shardTokens: shardTokens)
+        let train = ShardWriter(prefix: "train", directory: staging, shardTokens: shardTokens)
+        let val = ShardWriter(prefix: "val", directory: staging, shardTokens: shardTokens)
         let reader = CorpusBlockReader(files: files, tokenizer: tokenizer, blockBytes: blockBytes, threads: threads)
         let workers = (0..<max(threads, 1)).map { _ in SegmentWorker(tokenizer: tokenizer, field: jsonlField, lossy: lossy, skipBadLines: skipBadLines) }
         var summary = Summary(manifest: manifest)
@@ -141,7 +141,10 @@ public struct DatasetPreparer {
                 writing.leave()
             }
             block += 1
-            more = try next.result.get()
+            do { more = try next.result.get() } catch {
+                writing.wait()   // the writer still appends block - 1 to the staging directory that is about to go
+                throw error
+            }
         }
         writing.wait()
         if let e = merger.error { throw e }
@@ -242,12 +245,7 @@ final class BlockMerger: @unchecked Sendable {
 public func vocabularyIdentity(_ path: String) throws -> [DatasetManifest.Vocabulary] {
     var isDir: ObjCBool = false
     guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else { return [] }
-    var files = [path]
-    if isDir.boolValue {
-        let tiktoken = path + "/" + GPT2Tokenizer.tiktokenFileName
-        files = FileManager.default.fileExists(atPath: tiktoken) ? [tiktoken]
-            : [path + "/" + GPT2Tokenizer.encoderJSONFileName, path + "/" + GPT2Tokenizer.vocabBPEFileName]
-    }
+    let files = isDir.boolValue ? try GPT2Tokenizer.vocabularyFiles(in: URL(fileURLWithPath: path)).map(\.path) : [path]
     return try files.map { DatasetManifest.Vocabulary(file: ($0 as NSString).lastPathComponent, sha256: try SHA256.hex(ofFile: $0)) }
 }
 
@@ -275,7 +273,6 @@ final class CorpusBlockReader {
     private var used = 0
     var buffer: UnsafeBufferPointer<UInt8> { UnsafeBufferPointer(start: block, count: used) }
     private(set) var segments: [Segment] = []
-    private(set) var bytesHandedOut = 0
     private var fileIndex = 0
     private var input: InputFile?
     private var finishedBytes = 0   // on-disk bytes of the files read to the end
@@ -322,7 +319,7 @@ final class CorpusBlockReader {
             let start = used
             var want = max(blockBytes - used, carry.count + (64 << 10))
             ensureCapacity(start + want)
-            carry.withUnsafeBufferPointer { c in (block + start).update(from: c.baseAddress!, count: c.count) }
+            if !carry.isEmpty { carry.withUnsafeBufferPointer { c in (block + start).update(from: c.baseAddress!, count: c.count) } }
             var have = carry.count
             carry.removeAll(keepingCapacity: true)
             var cut: Int? = nil
@@ -351,7 +348,6 @@ final class CorpusBlockReader {
                 split(Segment(file: fileIndex, range: start..<used, fileOffset: offset, firstLine: line), kind: file.kind)
                 if file.kind == .jsonl { line += newlines(block + start, n) }
                 offset += n
-                bytesHandedOut += n
             }
             if eof && carry.isEmpty {
                 input = nil; finishedBytes += file.bytes; fileIndex += 1
@@ -497,7 +493,7 @@ final class SegmentResult {
     }
 
     /// Room for `n` more ids.
-    func reserve(_ n: Int) {
+    private func reserve(_ n: Int) {
         guard count + n > capacity else { return }
         let bigger = max(capacity * 2, count + n)
         let t = UnsafeMutablePointer<Int32>.allocate(capacity: bigger)
@@ -616,18 +612,12 @@ final class ShardWriter {
     private var hasher = SHA256()
     private var pending: [UInt16] = []
 
-    init(prefix: String, directory: String, shardTokens: Int) throws {
+    init(prefix: String, directory: String, shardTokens: Int) {
         self.prefix = prefix; self.directory = directory; self.shardTokens = shardTokens
         pending.reserveCapacity(1 << 20)
     }
 
     private func path(_ index: Int) -> String { directory + "/" + String(format: "%@_%06d.bin", prefix, index) }
-
-    private func header(tokens: Int) -> Data {
-        var h = [Int32](repeating: 0, count: 256)
-        h[0] = TokenShardFormat.magic; h[1] = TokenShardFormat.version; h[2] = Int32(tokens)
-        return h.withUnsafeBytes { Data($0) }
-    }
 
     func append(endOfText: Bool) throws {
         var eot = Int32(GPT2Tokenizer.endOfText)
@@ -664,7 +654,7 @@ final class ShardWriter {
             throw TrainError("cannot write \(p)")
         }
         // The header assumes a full shard; the last one's is rewritten (and rehashed) when it closes short.
-        let head = header(tokens: shardTokens)
+        let head = TokenShardFormat.header(tokens: shardTokens)
         try h.write(contentsOf: head)
         hasher = SHA256(); hasher.update(head)
         handle = h; inShard = 0
@@ -686,7 +676,7 @@ final class ShardWriter {
         var digest = hasher.finalizeHex()
         if inShard != shardTokens {
             try h.seek(toOffset: 0)
-            try h.write(contentsOf: header(tokens: inShard))
+            try h.write(contentsOf: TokenShardFormat.header(tokens: inShard))
             try h.close()
             digest = try SHA256.hex(ofFile: path(shards.count))
         } else {
@@ -714,7 +704,7 @@ final class ShardWriter {
                 try other.append(raw: UnsafeBufferPointer(start: t + from, count: shards[s].tokens - from))
             }
         }
-        for s in (first + 1)..<max(shards.count, first + 1) { try? FileManager.default.removeItem(atPath: path(s)) }
+        for s in (first + 1)..<shards.count { try? FileManager.default.removeItem(atPath: path(s)) }
         shards.removeLast(shards.count - first - 1)
         if keepInFirst == 0 {
             try? FileManager.default.removeItem(atPath: path(first))
@@ -723,7 +713,7 @@ final class ShardWriter {
             let h = try FileHandle(forUpdating: URL(fileURLWithPath: path(first)))
             try h.truncate(atOffset: UInt64(TokenShardFormat.headerBytes + 2 * keepInFirst))
             try h.seek(toOffset: 0)
-            try h.write(contentsOf: header(tokens: keepInFirst))
+            try h.write(contentsOf: TokenShardFormat.header(tokens: keepInFirst))
             try h.close()
             shards[first].tokens = keepInFirst
             shards[first].sha256 = try SHA256.hex(ofFile: path(first))

@@ -39,13 +39,10 @@ public final class Parameters: @unchecked Sendable {
     public let values: FloatBuffer
     public let gradients: FloatBuffer
 
-    /// `paddedCount` (>= the parameter count) reserves zeroed room after the last parameter, so that
-    /// collectives can split the buffers into equal per-rank blocks (ZeRO-1 reduce-scatter / all-gather).
-    public init(layout: ParameterLayout, paddedCount: Int? = nil) {
+    public init(layout: ParameterLayout) {
         self.layout = layout
-        let n = max(paddedCount ?? layout.totalCount, layout.totalCount)
-        values = FloatBuffer(count: n)
-        gradients = FloatBuffer(count: n)
+        values = FloatBuffer(count: layout.totalCount)
+        gradients = FloatBuffer(count: layout.totalCount)
     }
 
     public var count: Int { layout.totalCount }

@@ -66,13 +66,15 @@ public final class BucketedAllReduce: @unchecked Sendable {
 
     /// Overlap needs MPI_THREAD_MULTIPLE and a duplicated communicator; without either, buckets are reduced
     /// after backward (`overlap` then reads false, so callers can say so).
+    /// `shardsBuckets` (ZeRO-1): each bucket is reduce-scattered into its parts (`parts`), rank q keeping the sum
+    /// of part q, and `startAllGather` brings the parts back; otherwise each bucket is all-reduced.
     public init(comm: Communicator, base: UnsafeMutablePointer<Float>, schedule: BucketSchedule, overlap: Bool,
-                blockSize: Int? = nil) {
+                shardsBuckets: Bool = false) {
         self.schedule = schedule
         // Every rank takes the same branch (the thread level is the job's), so the collective dup is safe.
         let own = overlap && comm.size > 1 && comm.threadMultiple ? comm.duplicate(sleepsWhileWaiting: true) : nil
         self.overlap = own != nil
-        worker = Worker(comm: own ?? comm, base: base, blockSize: blockSize,
+        worker = Worker(comm: own ?? comm, base: base, shardsBuckets: shardsBuckets,
                         largestBucket: schedule.buckets.map(\.range.count).max() ?? 1)
         if self.overlap {
             // The thread owns the worker (not self), so it never touches a released reducer.
@@ -91,7 +93,7 @@ public final class BucketedAllReduce: @unchecked Sendable {
     /// The communication thread's state: a queue of tasks, the reduction and the all-gather.
     final class Worker: @unchecked Sendable {
         enum Task { case reduce(Range<Int>), gather(UnsafeMutablePointer<Float>, Range<Int>), stop }
-        let comm: Communicator, base: UnsafeMutablePointer<Float>, blockSize: Int?
+        let comm: Communicator, base: UnsafeMutablePointer<Float>, shardsBuckets: Bool
         private let lock = NSCondition()
         private var queue: [Task] = []
         private let workAvailable = DispatchSemaphore(value: 0)
@@ -102,9 +104,9 @@ public final class BucketedAllReduce: @unchecked Sendable {
         /// The ring reduce-scatter's receive buffer (ZeRO-1 on the communication thread): the largest bucket.
         private let scratch: UnsafeMutablePointer<Float>?
 
-        init(comm: Communicator, base: UnsafeMutablePointer<Float>, blockSize: Int?, largestBucket: Int) {
-            self.comm = comm; self.base = base; self.blockSize = blockSize
-            scratch = blockSize != nil && comm.sleepsWhileWaiting ? .allocate(capacity: max(1, largestBucket)) : nil
+        init(comm: Communicator, base: UnsafeMutablePointer<Float>, shardsBuckets: Bool, largestBucket: Int) {
+            self.comm = comm; self.base = base; self.shardsBuckets = shardsBuckets
+            scratch = shardsBuckets && comm.sleepsWhileWaiting ? .allocate(capacity: max(1, largestBucket)) : nil
         }
 
         deinit { scratch?.deallocate() }
@@ -142,8 +144,8 @@ public final class BucketedAllReduce: @unchecked Sendable {
 
         func reduce(_ r: Range<Int>) {
             let t0 = DispatchTime.now().uptimeNanoseconds
-            if let block = blockSize {
-                let (counts, offsets) = BucketedAllReduce.split(r, blockSize: block, ranks: comm.size)
+            if shardsBuckets {
+                let (counts, offsets) = BucketedAllReduce.parts(ofBucket: r.count, ranks: comm.size)
                 if let scratch {
                     comm.ringReduceScatter(base + r.lowerBound, counts: counts, offsets: offsets, scratch: scratch)
                 } else {
@@ -160,7 +162,7 @@ public final class BucketedAllReduce: @unchecked Sendable {
 
         func gather(_ params: UnsafeMutablePointer<Float>, _ r: Range<Int>) {
             let t0 = DispatchTime.now().uptimeNanoseconds
-            let (counts, offsets) = BucketedAllReduce.split(r, blockSize: blockSize!, ranks: comm.size)
+            let (counts, offsets) = BucketedAllReduce.parts(ofBucket: r.count, ranks: comm.size)
             if comm.sleepsWhileWaiting {
                 comm.ringAllGather(params + r.lowerBound, counts: counts, offsets: offsets)
             } else {
@@ -204,15 +206,12 @@ public final class BucketedAllReduce: @unchecked Sendable {
         waitSeconds += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
     }
 
-    /// How range r of the flat buffer divides among rank blocks of `blockSize`: per-rank counts and the
-    /// offsets (within r) where each rank's part starts.
-    public static func split(_ r: Range<Int>, blockSize: Int, ranks: Int) -> (counts: [Int], offsets: [Int]) {
-        var counts: [Int] = [], offsets: [Int] = []
-        for q in 0..<ranks {
-            let lo = max(r.lowerBound, q * blockSize), hi = min(r.upperBound, (q + 1) * blockSize)
-            counts.append(max(0, hi - lo))
-            offsets.append(max(0, min(lo, r.upperBound) - r.lowerBound))
-        }
+    /// How a bucket of `count` floats is cut among the ranks under ZeRO-1: N consecutive parts, rank q's part
+    /// q, sizes differing by at most one. Returns per-rank counts and the offsets within the bucket.
+    public static func parts(ofBucket count: Int, ranks: Int) -> (counts: [Int], offsets: [Int]) {
+        let base = count / ranks, extra = count % ranks
+        let counts = (0..<ranks).map { base + ($0 < extra ? 1 : 0) }
+        let offsets = (0..<ranks).map { q in q * base + min(q, extra) }
         return (counts, offsets)
     }
 
@@ -221,7 +220,7 @@ public final class BucketedAllReduce: @unchecked Sendable {
     /// schedule), and forward waits only for the regions it is about to use (`awaitParameters`); otherwise it is
     /// done before returning.
     public func startAllGather(_ params: UnsafeMutablePointer<Float>) {
-        guard worker.blockSize != nil, worker.comm.size > 1 else { return }
+        guard worker.shardsBuckets, worker.comm.size > 1 else { return }
         if overlap {
             awaitAllParameters()
             worker.resetGathered()

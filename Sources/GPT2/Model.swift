@@ -7,10 +7,9 @@ public final class GPT2Model: @unchecked Sendable {
     public let config: GPT2Config
     public let parameters: Parameters
 
-    /// `paddedCount`: see `Parameters` (room for equal per-rank blocks under ZeRO-1).
-    public init(config: GPT2Config, paddedCount: Int? = nil) {
+    public init(config: GPT2Config) {
         self.config = config
-        parameters = Parameters(layout: config.parameterLayout, paddedCount: paddedCount)
+        parameters = Parameters(layout: config.parameterLayout)
     }
 
     /// GPT-2 initialisation: weights N(0, 0.02), residual projections N(0, 0.02/sqrt(2·n_layers)),

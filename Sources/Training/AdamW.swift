@@ -6,8 +6,8 @@ import Foundation
 /// 2 or more dimensions. The token embedding (wte, tied with the output head) may take a multiple of the
 /// learning rate (`embeddingLRScale`, as separate embedding learning rates in modded-nanogpt): each of its rows
 /// is updated only when its token occurs, and a small model trained briefly learns token statistics much faster
-/// with it. State m and v cover a contiguous slice of the flat parameter buffer (the whole buffer, or this rank's
-/// shard under ZeRO-1).
+/// with it. State m and v cover parts of the flat parameter buffer, stored back to back (the whole buffer, or
+/// this rank's parts under ZeRO-1).
 public final class AdamW {
     public struct Hyper: Codable, Equatable, Sendable {
         public var beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weightDecay = 0.1
@@ -16,48 +16,53 @@ public final class AdamW {
     }
 
     public let layout: ParameterLayout
-    public let slice: Range<Int>
     public let m: FloatBuffer, v: FloatBuffer
     public var hyper: Hyper
-    /// Runs of the slice by tensor: (range within slice, decays, learning-rate multiplier).
-    let runs: [(range: Range<Int>, decays: Bool, lrScale: Double)]
+    /// Runs of the parts by tensor: (flat range, where its state starts, decays, learning-rate multiplier).
+    let runs: [(range: Range<Int>, state: Int, decays: Bool, lrScale: Double)]
 
-    public init(layout: ParameterLayout, slice: Range<Int>? = nil, hyper: Hyper) {
+    /// `parts`: the ranges of the flat buffer this optimizer updates, in ascending order (default: all of it).
+    public init(layout: ParameterLayout, parts: [Range<Int>]? = nil, hyper: Hyper) {
         self.layout = layout
-        let s = slice ?? 0..<layout.totalCount
-        self.slice = s
+        let parts = parts ?? [0..<layout.totalCount]
+        precondition(zip(parts, parts.dropFirst()).allSatisfy { $0.upperBound <= $1.lowerBound }, "parts must ascend")
         self.hyper = hyper
-        m = FloatBuffer(count: s.count)
-        v = FloatBuffer(count: s.count)
-        var runs: [(range: Range<Int>, decays: Bool, lrScale: Double)] = []
-        for e in layout.entries {
-            let lo = max(e.offset, s.lowerBound), hi = min(e.offset + e.count, s.upperBound)
-            if lo < hi {
-                runs.append(((lo - s.lowerBound)..<(hi - s.lowerBound), e.decays, e.name == "wte" ? hyper.embeddingLRScale : 1))
+        let count = parts.reduce(0) { $0 + $1.count }
+        m = FloatBuffer(count: count)
+        v = FloatBuffer(count: count)
+        var runs: [(range: Range<Int>, state: Int, decays: Bool, lrScale: Double)] = []
+        var state = 0
+        for part in parts {
+            for e in layout.entries {
+                let lo = max(e.offset, part.lowerBound), hi = min(e.offset + e.count, part.upperBound)
+                if lo < hi {
+                    runs.append((lo..<hi, state + lo - part.lowerBound, e.decays, e.name == "wte" ? hyper.embeddingLRScale : 1))
+                }
             }
+            state += part.count
         }
         self.runs = runs
     }
 
-    /// One update of params[slice] from grads (pointing at the slice's gradients), with the gradient
-    /// multiplied by `gradScale` first (global-norm clipping). `t` is the 1-based step count.
+    /// One update of this optimizer's parts of `params` (the whole flat buffer) from `grads` (likewise), with the
+    /// gradient multiplied by `gradScale` first (global-norm clipping). `t` is the 1-based step count.
     public func step(params: UnsafeMutablePointer<Float>, grads: UnsafePointer<Float>, lr: Double, t: Int, gradScale: Float) {
         let b1 = Float(hyper.beta1), b2 = Float(hyper.beta2), eps = Float(hyper.eps)
         let bc1 = 1 - pow(hyper.beta1, Double(t)), bc2 = 1 - pow(hyper.beta2, Double(t))
         let invSqrtBc2 = Float(1 / bc2.squareRoot())
         let mp = m.pointer, vp = v.pointer
-        for (run, decays, lrScale) in runs {
+        for (run, state, decays, lrScale) in runs {
             let lr = lr * lrScale
             let stepSize = Float(lr / bc1)
             let decay: Float = decays ? 1 - Float(lr * hyper.weightDecay) : 1
             Parallel.chunks(run.count, costPerItem: 12) { _, r in
                 for j in r {
-                    let i = run.lowerBound + j
+                    let i = run.lowerBound + j, k = state + j
                     let g = grads[i] * gradScale
                     let p = params[i] * decay
-                    let mi = b1 * mp[i] + (1 - b1) * g
-                    let vi = b2 * vp[i] + (1 - b2) * g * g
-                    mp[i] = mi; vp[i] = vi
+                    let mi = b1 * mp[k] + (1 - b1) * g
+                    let vi = b2 * vp[k] + (1 - b2) * g * g
+                    mp[k] = mi; vp[k] = vi
                     params[i] = p - stepSize * (mi / (vi.squareRoot() * invSqrtBc2 + eps))
                 }
             }

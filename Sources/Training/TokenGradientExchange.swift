@@ -33,9 +33,9 @@ final class TokenGradientExchange {
 
     /// Sums every rank's rows (this rank's: `tokens`, `rowGradient` [positions, channels]) and adds the sums to
     /// wte's rows in `gradients` (wte at flat offset `wteOffset`), only where that buffer is in `keep`
-    /// (the rank's block under ZeRO-1, else everything).
+    /// (ascending ranges: the rank's parts under ZeRO-1, else everything).
     func reduce(tokens: UnsafePointer<Int32>, rowGradient: UnsafePointer<Float>, positions: Int, comm: Communicator,
-                gradients: UnsafeMutablePointer<Float>, wteOffset: Int, keep: Range<Int>) {
+                gradients: UnsafeMutablePointer<Float>, wteOffset: Int, keep: [Range<Int>]) {
         let t0 = Runtime.now()
         let C = channels
         collectDistinctTokens()
@@ -53,34 +53,46 @@ final class TokenGradientExchange {
         comm.allReduceSum(sums, count: rows * C)
         for (i, t) in distinct.enumerated() {
             let lo = wteOffset + Int(t) * C
-            for j in row(lo, within: keep) { gradients[j] += sums[i * C + j - lo] }
+            forEachPiece(ofRow: lo, in: keep) { piece in
+                for j in piece { gradients[j] += sums[i * C + j - lo] }
+            }
         }
         forgetDistinctTokens()
         seconds = Runtime.now() - t0
     }
 
-    /// ZeRO-1: the updated wte rows of `globalTokens` from the ranks that own them (`owned`: this rank's block of
-    /// the flat buffer), into every rank's `values`, so that the next forward's token embedding can run while
+    /// ZeRO-1: the updated wte rows of `globalTokens` from the ranks that own them (`owned`: this rank's parts of
+    /// the flat buffer, ascending), into every rank's `values`, so that the next forward's token embedding can run while
     /// the rest of the parameters are still being all-gathered. Each float of a row has one owner and zeros
     /// elsewhere, so the all-reduced sum is the owner's value exactly.
-    func shareRows(values: UnsafeMutablePointer<Float>, wteOffset: Int, owned: Range<Int>, comm: Communicator) {
+    func shareRows(values: UnsafeMutablePointer<Float>, wteOffset: Int, owned: [Range<Int>], comm: Communicator) {
         let C = channels
         collectDistinctTokens()
         let rows = distinct.count, sums = compact.pointer
         memset(sums, 0, rows * C * 4)
         for (i, t) in distinct.enumerated() {
             let lo = wteOffset + Int(t) * C
-            for j in row(lo, within: owned) { sums[i * C + j - lo] = values[j] }
+            forEachPiece(ofRow: lo, in: owned) { piece in
+                for j in piece { sums[i * C + j - lo] = values[j] }
+            }
         }
         comm.allReduceSum(sums, count: rows * C)
         for (i, t) in distinct.enumerated() { memcpy(values + wteOffset + Int(t) * C, sums + i * C, C * 4) }
         forgetDistinctTokens()
     }
 
-    /// The flat offsets of the row starting at `start` that lie in `range` (empty when none).
-    private func row(_ start: Int, within range: Range<Int>) -> Range<Int> {
-        let a = max(start, range.lowerBound), b = min(start + channels, range.upperBound)
-        return a < b ? a..<b : a..<a
+    /// The flat offsets of the row starting at `start` that lie in `parts` (ascending ranges), piece by piece.
+    private func forEachPiece(ofRow start: Int, in parts: [Range<Int>], _ body: (Range<Int>) -> Void) {
+        var lo = 0, hi = parts.count  // the first part that ends after `start`
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if parts[mid].upperBound <= start { lo = mid + 1 } else { hi = mid }
+        }
+        while lo < parts.count && parts[lo].lowerBound < start + channels {
+            let a = max(start, parts[lo].lowerBound), b = min(start + channels, parts[lo].upperBound)
+            if a < b { body(a..<b) }
+            lo += 1
+        }
     }
 
     /// `distinct`: the tokens of `globalTokens` in order of first appearance (the same list on every rank).

@@ -162,9 +162,14 @@ public final class Trainer {
     func build(_ plan: Plan) throws -> State {
         let cfg = plan.config, n = comm.size
         let peak = Runtime.measureSgemmPeak(seconds: 0.3)  // before the big allocations: its buffers stay out of peak RSS
-        let sharding = OptimizerSharding(total: cfg.parameterCount, ranks: n, rank: comm.rank, sharded: o.zero == 1 && n > 1)
-        let model = GPT2Model(config: cfg, paddedCount: sharding.paddedCount)
-        let optimizer = AdamW(layout: model.parameters.layout, slice: sharding.mine, hyper: {
+        // Gradients are summed in buckets that overlap backward: all-reduced, or with ZeRO-1 reduce-scattered
+        // (each rank keeps its part of every bucket, and parameters are all-gathered after the update, bucket by bucket).
+        // wte's dense part goes first: the token embedding's rows are held back and summed apart (TokenGradientExchange).
+        let schedule = BucketSchedule(regions: cfg.gradientRegions, bucketFloats: Int(o.bucketMb * 1_048_576 / 4))
+        let sharding = OptimizerSharding(schedule: schedule, total: cfg.parameterCount, ranks: n, rank: comm.rank,
+                                         sharded: o.zero == 1 && n > 1)
+        let model = GPT2Model(config: cfg)
+        let optimizer = AdamW(layout: model.parameters.layout, parts: sharding.mine, hyper: {
             var h = AdamW.Hyper(); h.beta1 = o.beta1; h.beta2 = o.beta2; h.eps = o.eps; h.weightDecay = o.weightDecay
             h.embeddingLRScale = o.embeddingLrScale; return h
         }())
@@ -172,12 +177,8 @@ public final class Trainer {
         graph.lossGradScale = 1 / Float(o.batchSize * o.seqLen)  // summed over micro-batches and ranks = the global mean
         let order = try BatchOrder(tokenCount: plan.train.count, batchSize: o.batchSize, seqLen: o.seqLen,
                                    shuffleSeed: o.shuffle ? UInt64(o.seed) : nil)
-        // Gradients are summed in buckets that overlap backward: all-reduced, or with ZeRO-1 reduce-scattered
-        // into this rank's shard (and parameters all-gathered after the update, bucket by bucket).
-        // wte's dense part goes first: the token embedding's rows are held back and summed apart (TokenGradientExchange).
-        let schedule = BucketSchedule(regions: cfg.gradientRegions, bucketFloats: Int(o.bucketMb * 1_048_576 / 4))
         let reducer = BucketedAllReduce(comm: comm, base: model.parameters.gradients.pointer, schedule: schedule,
-                                        overlap: o.overlap, blockSize: sharding.sharded ? sharding.blockSize : nil)
+                                        overlap: o.overlap, shardsBuckets: sharding.sharded)
         let state = State(model: model, optimizer: optimizer, sharding: sharding, graph: graph, reducer: reducer,
                           order: order, sgemmPeak: peak)
         state.dataIdentity = plan.dataIdentity
@@ -273,7 +274,7 @@ public final class Trainer {
             log("  warning: MPI does not provide MPI_THREAD_MULTIPLE: gradients are reduced after backward, not during it")
         }
         if s.sharding.sharded {
-            log("  ZeRO-1: AdamW state sharded, \(s.sharding.blockSize) of \(cfg.parameterCount) parameters per rank")
+            log("  ZeRO-1: AdamW state sharded, \(s.sharding.ownedCount) of \(cfg.parameterCount) parameters on this rank, a part of every bucket")
         }
         if let r = s.resumedFrom { log("  resumed from \(r) at step \(s.step)") }
         if let i = plan.initPath { log("  initialised from \(i)") }
@@ -329,9 +330,7 @@ public final class Trainer {
         if loss.isFinite && norm.isFinite {
             s.badSteps = 0
             let clip: Float = o.gradClip > 0 ? Float(min(1, o.gradClip / (norm + 1e-6))) : 1
-            let lo = s.sharding.mine.lowerBound
-            s.optimizer.step(params: params.values.pointer + lo, grads: params.gradients.pointer + lo,
-                             lr: lr, t: s.step + 1, gradScale: clip)
+            s.optimizer.step(params: params.values.pointer, grads: params.gradients.pointer, lr: lr, t: s.step + 1, gradScale: clip)
             if s.sharding.sharded {
                 // The next step's first forward reads wte's rows of its tokens first: those now, the rest while it runs.
                 if let rows = s.tokenRows, s.reducer.overlap {
@@ -370,7 +369,7 @@ public final class Trainer {
     func gradientNorm(_ s: State) -> Double {
         let g = s.model.parameters.gradients.pointer
         guard s.sharding.sharded else { return Training.gradientNorm(g, s.model.parameters.count) }
-        var squares = [pow(Training.gradientNorm(g + s.sharding.mine.lowerBound, s.sharding.mine.count), 2)]
+        var squares = [s.sharding.mine.reduce(0.0) { $0 + pow(Training.gradientNorm(g + $1.lowerBound, $1.count), 2) }]
         comm.allReduceSum(&squares)
         return squares[0].squareRoot()
     }

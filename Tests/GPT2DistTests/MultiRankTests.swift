@@ -67,7 +67,22 @@ struct CLI {
 
     @discardableResult
     static func run(ranks: Int = 0, _ args: [String], timeout: Double = 180) throws -> Result {
-        let p = process(ranks: ranks, args)
+        try run(process(ranks: ranks, args), timeout: timeout)
+    }
+
+    /// Any program, with the tests' environment plus `environment`, in `directory` (default: the current one).
+    @discardableResult
+    static func run(executable: String, _ args: [String], timeout: Double = 180, environment extra: [String: String] = [:],
+                    directory: String? = nil) throws -> Result {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: executable)
+        p.arguments = args
+        p.environment = environment.merging(extra) { $1 }
+        if let directory { p.currentDirectoryURL = URL(fileURLWithPath: directory) }
+        return try run(p, timeout: timeout)
+    }
+
+    private static func run(_ p: Process, timeout: Double) throws -> Result {
         let out = Pipe(), err = Pipe()
         p.standardOutput = out; p.standardError = err
         try p.run()

@@ -61,9 +61,15 @@ func shell(_ command: String) -> String {
 
 /// Waits until the run's metrics hold at least `steps` steps (false on timeout or if `p` ended).
 func waitForLoggedSteps(_ out: String, _ steps: Int, while p: Process, seconds: Double = 120) -> Bool {
+    waitForLoggedSteps(out, steps, seconds: seconds, until: { !p.isRunning })
+}
+
+/// Waits until the run's metrics hold at least `steps` steps (false on timeout or once `ended` says the job ended).
+func waitForLoggedSteps(_ out: String, _ steps: Int, seconds: Double, until ended: () -> Bool) -> Bool {
     let deadline = Date().addingTimeInterval(seconds)
-    while Date() < deadline && p.isRunning {
+    while Date() < deadline {
         if ((try? MetricsLog.read(path: out + "/metrics.h5"))?["step"]?.count ?? 0) >= steps { return true }
+        if ended() { return false }
         usleep(100_000)
     }
     return false

@@ -252,6 +252,29 @@ struct SlurmTests {
         expectClose(try lossesPerStep(run), try losses(dir + "/np2"), rel: 1e-5, "node down, resumed")
     }
 
+    /// Slurm across two simulated nodes (`Launch/slurm-local run --sim-nodes 2`: a slurmd per network namespace, each
+    /// under its own hostname, over a 1 Gbit/s link): `sbatch --nodes=2` runs one rank per node over TCP, and the
+    /// losses equal a single-node mpirun -np 2 run.
+    @Test func twoSimulatedNodesRunOneRankEach() throws {
+        let dir = tmpDir("slurm-2nodes")
+        let cfg = try writeConfig(dir, dropRate: 0.1)
+        let reference = try CLI.run(ranks: 2, trainArgs(config: cfg, out: dir + "/np2", steps: 40))
+        #expect(reference.status == 0, "\(reference.stderr)")
+        let run = dir + "/job"
+        let env = ["CONFIG": cfg, "DATA": tinyTokens, "VAL": "", "RUN_DIR": run, "STEPS": "40", "BATCH_SIZE": "4", "SEQ_LEN": "32",
+                   "GPT2DIST_BIN": CLI.binary, "EXTRA_ARGS": "--lr 3e-3 --warmup-steps 2 --seed 5"]
+        let r = try CLI.run(executable: LocalSlurm.script,
+                            ["run", "--sim-nodes", "2", "--rate", "1gbit", "--dir", dir + "/slurm", "--", "sbatch", "--wait", "--nodes=2",
+                             "--ntasks-per-node=1", "--cpus-per-task=1", "--time=5", "--output=\(run).log", "Launch/slurm.sbatch"],
+                            timeout: 300, environment: env, directory: repoRoot)
+        let log = jobLog(run)
+        #expect(r.status == 0, "exit \(r.status): \(r.stderr.suffix(800)) \(log.suffix(1500))")
+        #expect(log.contains("2 ranks = 2 nodes x 1"), "\(log.prefix(800))")
+        expectClose(try losses(run), try losses(dir + "/np2"), rel: 1e-5, "sbatch --nodes=2 on simulated nodes vs mpirun -np 2")
+        #expect(shell("ip netns list | grep -c gdsim || true").trimmingCharacters(in: .whitespacesAndNewlines) == "0",
+                "namespaces left behind: \(shell("ip netns list"))")
+    }
+
     /// The tiny model's uninterrupted mpirun -np 2 run (DIR/np2), then this test's Slurm with a 2-task job of the same
     /// run (checkpoints every 20 steps) that has logged 30 steps. The caller stops the Slurm.
     private func twoTaskJobPastStep30(_ name: String, steps: Int) throws

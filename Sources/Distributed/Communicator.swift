@@ -69,12 +69,14 @@ public final class Communicator: @unchecked Sendable {
                             sleepsWhileWaiting: sleepsWhileWaiting)
     }
 
-    /// Completes a non-blocking call without spinning: MPI_Test, then a sleep that grows from 20 µs to 200 µs while
+    /// Completes a non-blocking call without spinning: MPI_Test, then a sleep that grows from 20 µs to 1 ms while
     /// it is not done. A blocking call busy-polls Open MPI's progress engine for as long as the transfer takes; on
     /// the communication thread, which shares its core with backward, that spin slowed 2 Gbit/s steps by ~25%. Each
     /// test also moves the transfer on, so the pause is a trade: every wake-up preempts backward's kernels, and too
-    /// few tests leave the link idle (124M, 2 nodes x 1 core, 2 Gbit/s: 7.4 s/step at 50 µs, 6.5 s at 200 µs).
-    static let maxPause: UInt32 = 200
+    /// few tests leave the link idle. 1 ms is 250 KB at 2 Gbit/s, well inside TCP's socket buffers. Measured (124M,
+    /// 2 nodes x 1 core, 2 Gbit/s, ms/step): 7.4 s at 50 µs; 6.1-7.0 s at 200 µs (five runs); 6.1-6.3 s at 1 ms;
+    /// 6.4 s at 2 ms; unshaped links the same at 200 µs and 1 ms.
+    static let maxPause: UInt32 = 1000
 
     private func waitSleeping(_ requests: inout [MPI_Request?], _ what: String) {
         var done: Int32 = 0

@@ -110,6 +110,16 @@ func trainArgs(config: String, out: String, steps: Int, extra: [String] = []) ->
      "--seq-len", "32", "--lr", "3e-3", "--warmup-steps", "2", "--threads", "1", "--seed", "5"] + extra
 }
 
+/// A fresh test directory NAME with the tiny model's config and its uninterrupted `mpirun -np 2` run of `steps`
+/// steps in DIR/np2, the reference other launchers' losses are compared with.
+func tinyRunWithNp2Reference(_ name: String, dropRate: Double, steps: Int) throws -> (dir: String, config: String) {
+    let dir = tmpDir(name)
+    let cfg = try writeConfig(dir, dropRate: dropRate)
+    let reference = try CLI.run(ranks: 2, trainArgs(config: cfg, out: dir + "/np2", steps: steps))
+    #expect(reference.status == 0, "\(reference.stderr)")
+    return (dir, cfg)
+}
+
 func losses(_ out: String) throws -> [Double] { try MetricsLog.read(path: out + "/metrics.h5")["train_loss"] ?? [] }
 
 /// The loss of each step, the last logged for it (a run resumed after a crash logs again the steps after its checkpoint).

@@ -79,10 +79,7 @@ func waitForLoggedSteps(_ out: String, _ steps: Int, seconds: Double, until ende
 struct SimulatedClusterTests {
     /// The tiny model's losses across two simulated nodes (TCP between them) equal a single-node np 2 run.
     @Test func twoNodesMatchOneNodeWithTwoRanks() throws {
-        let dir = tmpDir("sim-equal")
-        let cfg = try writeConfig(dir, dropRate: 0.1)
-        let reference = try CLI.run(ranks: 2, trainArgs(config: cfg, out: dir + "/np2", steps: 12))
-        #expect(reference.status == 0, "\(reference.stderr)")
+        let (dir, cfg) = try tinyRunWithNp2Reference("sim-equal", dropRate: 0.1, steps: 12)
         let sim = SimCluster("equal", dir: dir)
         let p = try sim.start(rate: "1gbit", trainArgs(config: cfg, out: dir + "/sim", steps: 12))
         #expect(CLI.wait(p, seconds: 180), "sim-cluster did not finish: \(sim.output.suffix(800))")
@@ -95,11 +92,8 @@ struct SimulatedClusterTests {
     /// Every process of one node is killed: the job ends within 60 s, naming the lost node, and `--resume` on the
     /// remaining node continues to the losses of an uninterrupted run.
     @Test func lostNodeEndsTheJobAndTheRunResumesOnTheOtherNode() throws {
-        let dir = tmpDir("sim-lost")
-        let cfg = try writeConfig(dir, dropRate: 0)
         let steps = 30
-        let reference = try CLI.run(ranks: 2, trainArgs(config: cfg, out: dir + "/np2", steps: steps))
-        #expect(reference.status == 0, "\(reference.stderr)")
+        let (dir, cfg) = try tinyRunWithNp2Reference("sim-lost", dropRate: 0, steps: steps)
         let out = dir + "/sim", sim = SimCluster("lost", dir: dir)
         // A slow link (about 0.3 s per step) so that the node dies mid-run, after a checkpoint.
         let p = try sim.start(rate: "20mbit", trainArgs(config: cfg, out: out, steps: steps, extra: ["--ckpt-every", "5"]))

@@ -36,13 +36,17 @@ struct LocalSlurm {
         try CLI.run(executable: "/usr/bin/env", args, timeout: 60, environment: ["SLURM_CONF": conf])
     }
 
+    /// slurm.sbatch's variables for the tiny training run of `trainArgs` (batch 4 x 32, lr 3e-3, warm-up 2, seed 5).
+    static func jobEnvironment(runDir: String, config: String, steps: Int, extraArgs: String = "") -> [String: String] {
+        ["CONFIG": config, "DATA": tinyTokens, "VAL": "", "RUN_DIR": runDir, "STEPS": String(steps), "BATCH_SIZE": "4",
+         "SEQ_LEN": "32", "GPT2DIST_BIN": CLI.binary, "EXTRA_ARGS": "--lr 3e-3 --warmup-steps 2 --seed 5 " + extraArgs]
+    }
+
     /// `sbatch Launch/slurm.sbatch` from the repository root, as documented, with the tiny training run's
     /// settings in the environment; returns the job id.
     func submit(tasks: Int, runDir: String, config: String, steps: Int, time: String = "10", options: [String] = [],
                 extraArgs: String = "") throws -> String? {
-        let env = ["CONFIG": config, "DATA": tinyTokens, "VAL": "", "RUN_DIR": runDir, "STEPS": String(steps),
-                   "BATCH_SIZE": "4", "SEQ_LEN": "32", "GPT2DIST_BIN": CLI.binary,
-                   "EXTRA_ARGS": "--lr 3e-3 --warmup-steps 2 --seed 5 " + extraArgs]
+        let env = Self.jobEnvironment(runDir: runDir, config: config, steps: steps, extraArgs: extraArgs)
         let args = ["sbatch", "--parsable", "--nodes=1", "--ntasks-per-node=\(tasks)", "--cpus-per-task=1", "--time=\(time)",
                     "--job-name=gd-test", "--output=\(runDir).log"] + options + ["Launch/slurm.sbatch"]
         let r = try CLI.run(executable: "/usr/bin/env", args, timeout: 60, environment: env.merging(["SLURM_CONF": conf]) { $1 },
@@ -111,10 +115,7 @@ func writeSlowConfig(_ dir: String) throws -> String {
 struct SlurmTests {
     /// 2 tasks x 1 CPU train to the last step through srun --mpi=pmix; the losses equal mpirun -np 2's.
     @Test func twoTasksTrainToTheEndLikeMpirun() throws {
-        let dir = tmpDir("slurm-np2")
-        let cfg = try writeConfig(dir, dropRate: 0.1)
-        let reference = try CLI.run(ranks: 2, trainArgs(config: cfg, out: dir + "/np2", steps: 40))
-        #expect(reference.status == 0, "\(reference.stderr)")
+        let (dir, cfg) = try tinyRunWithNp2Reference("slurm-np2", dropRate: 0.1, steps: 40)
         guard let slurm = try LocalSlurm.start() else { return }
         defer { slurm.stop() }
         let run = dir + "/job"
@@ -256,13 +257,9 @@ struct SlurmTests {
     /// under its own hostname, over a 1 Gbit/s link): `sbatch --nodes=2` runs one rank per node over TCP, and the
     /// losses equal a single-node mpirun -np 2 run.
     @Test func twoSimulatedNodesRunOneRankEach() throws {
-        let dir = tmpDir("slurm-2nodes")
-        let cfg = try writeConfig(dir, dropRate: 0.1)
-        let reference = try CLI.run(ranks: 2, trainArgs(config: cfg, out: dir + "/np2", steps: 40))
-        #expect(reference.status == 0, "\(reference.stderr)")
+        let (dir, cfg) = try tinyRunWithNp2Reference("slurm-2nodes", dropRate: 0.1, steps: 40)
         let run = dir + "/job"
-        let env = ["CONFIG": cfg, "DATA": tinyTokens, "VAL": "", "RUN_DIR": run, "STEPS": "40", "BATCH_SIZE": "4", "SEQ_LEN": "32",
-                   "GPT2DIST_BIN": CLI.binary, "EXTRA_ARGS": "--lr 3e-3 --warmup-steps 2 --seed 5"]
+        let env = LocalSlurm.jobEnvironment(runDir: run, config: cfg, steps: 40)
         let r = try CLI.run(executable: LocalSlurm.script,
                             ["run", "--sim-nodes", "2", "--rate", "1gbit", "--dir", dir + "/slurm", "--", "sbatch", "--wait", "--nodes=2",
                              "--ntasks-per-node=1", "--cpus-per-task=1", "--time=5", "--output=\(run).log", "Launch/slurm.sbatch"],
@@ -279,10 +276,7 @@ struct SlurmTests {
     /// run (checkpoints every 20 steps) that has logged 30 steps. The caller stops the Slurm.
     private func twoTaskJobPastStep30(_ name: String, steps: Int) throws
         -> (slurm: LocalSlurm, id: String, dir: String, run: String, config: String)? {
-        let dir = tmpDir(name)
-        let cfg = try writeConfig(dir, dropRate: 0.1)
-        let reference = try CLI.run(ranks: 2, trainArgs(config: cfg, out: dir + "/np2", steps: steps))
-        #expect(reference.status == 0, "\(reference.stderr)")
+        let (dir, cfg) = try tinyRunWithNp2Reference(name, dropRate: 0.1, steps: steps)
         guard let slurm = try LocalSlurm.start() else { return nil }
         let run = dir + "/job"
         guard let id = try slurm.submit(tasks: 2, runDir: run, config: cfg, steps: steps, extraArgs: "--ckpt-every 20"),

@@ -27,30 +27,42 @@ let package = Package(
         // zlib: prepare reads .txt.gz / .jsonl.gz inputs.
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
 
+        // Shared by every module below: JSON values, the one error type, the work queue, counter-based random numbers,
+        // human-readable sizes and file/directory/glob arguments.
+        .target(name: "Common", swiftSettings: fast),
         // Reverse-mode autograd over coarse ops with hand-written kernels; knows nothing of files or MPI.
-        .target(name: "Autograd", dependencies: ["CBLAS"], swiftSettings: fast),
-        // The GPT-2 model on the autograd core.
+        .target(name: "Autograd", dependencies: ["CBLAS", "Common"], swiftSettings: fast),
+        // The GPT-2 model on the autograd core: the block defined once (Block.swift), its layout, graph and decoder.
         .target(name: "GPT2", dependencies: ["Autograd"], swiftSettings: fast),
         // GPT-2's byte-level BPE.
-        .target(name: "Tokenizer", swiftSettings: fast),
+        .target(name: "Tokenizer", dependencies: ["Common"], swiftSettings: fast),
         // SHA-256 blocks with the x86 SHA extensions (dataset manifests hash every shard).
         .target(name: "CSHA256", cSettings: [.unsafeFlags(["-O3"])]),
         // Token shards (llm.c .bin format), dataset manifests, and the batch order shared by train and eval.
-        .target(name: "Data", dependencies: ["Autograd", "CSHA256"], swiftSettings: fast),
+        .target(name: "Data", dependencies: ["Common", "CSHA256"], swiftSettings: fast),
         // MPI behind a small Communicator; knows flat Float buffers only.
         .target(name: "Distributed", dependencies: ["CMPI"], swiftSettings: fast),
-        // HDF5 checkpoints, metrics files and Hugging Face safetensors.
+        // Every file format of a run directory: HDF5 checkpoints (model and training state), metrics.h5, status.json;
+        // and Hugging Face safetensors.
         .target(name: "Checkpoint", dependencies: ["CHDF5", "GPT2"], swiftSettings: fast),
-        // Wires model, data, communicator and checkpoints into the training loop.
-        .target(name: "Training", dependencies: ["GPT2", "Data", "Distributed", "Checkpoint", "Tokenizer", "CZlib",
-                                             .product(name: "ArgumentParser", package: "swift-argument-parser")], swiftSettings: fast),
+        // The process and its machine: BLAS kernel and threads, the console writer, stop signals.
+        .target(name: "Machine", dependencies: ["Autograd"], swiftSettings: fast),
+        // What a run will cost before it runs: memory per rank (one formula) and the step-time model of `plan`.
+        .target(name: "Planning", dependencies: ["GPT2", "Distributed", "Machine"], swiftSettings: fast),
+        // `prepare`: reading a corpus of any size (text, JSONL, gzip) into token shards through a streaming pipeline.
+        .target(name: "Prepare", dependencies: ["Tokenizer", "Data", "Machine", "CZlib"], swiftSettings: fast),
+        // The training loop: options, AdamW, the trainer, evaluation; wires model, data, communicator and checkpoints.
+        .target(name: "Training", dependencies: ["GPT2", "Data", "Distributed", "Checkpoint", "Machine", "Planning"],
+                swiftSettings: fast),
         // The command line: parses and calls.
         .executableTarget(
             name: "gpt2-dist",
-            dependencies: ["Training", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+            dependencies: ["Common", "Autograd", "GPT2", "Tokenizer", "Data", "Distributed", "Checkpoint", "Machine", "Planning",
+                           "Prepare", "Training", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: fast
         ),
-        .testTarget(name: "GPT2DistTests", dependencies: ["Autograd", "GPT2", "Data", "Checkpoint", "Training", "Distributed"]),
+        .testTarget(name: "GPT2DistTests", dependencies: ["Common", "Autograd", "GPT2", "Data", "Checkpoint", "Machine", "Planning",
+                                                          "Prepare", "Training", "Distributed"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "Data"]),
     ],
     // The kernels pass raw buffers between threads by design; Swift 5 mode keeps that free of Sendable ceremony.

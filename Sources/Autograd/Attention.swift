@@ -1,3 +1,4 @@
+import Common
 import Foundation
 
 /// Fused causal multi-head self-attention on a packed q|k|v projection.

@@ -1,3 +1,4 @@
+import Common
 import Foundation
 
 // Coarse ops with hand-written kernels, each forward beside its backward (llm.c style).

@@ -16,10 +16,6 @@ public struct ParameterLayout: Sendable, Equatable {
 
     public init() {}
 
-    public init(_ specs: [(String, [Int])]) {
-        for (name, shape) in specs { append(name, shape) }
-    }
-
     public mutating func append(_ name: String, _ shape: [Int]) {
         precondition(index[name] == nil, "duplicate parameter \(name)")
         index[name] = entries.count

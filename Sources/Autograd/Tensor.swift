@@ -21,12 +21,6 @@ public struct Tensor: @unchecked Sendable {
     /// Number of rows when viewed as a matrix whose last dimension is the row width.
     public var rows: Int { count / shape[shape.count - 1] }
     public var lastDimension: Int { shape[shape.count - 1] }
-
-    /// The same memory seen with another shape of equal element count.
-    public func reshaped(_ newShape: [Int]) -> Tensor {
-        precondition(newShape.reduce(1, *) == count, "reshape \(shape) -> \(newShape) changes the element count")
-        return Tensor(data: data, grad: grad, shape: newShape)
-    }
 }
 
 /// Owns the activation tensors of one graph. Each activation has a value buffer and (if it needs one)

@@ -1,11 +1,6 @@
 import CHDF5
+import Common
 import Foundation
-
-public struct FileFormatError: Error, CustomStringConvertible {
-    public let message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
-}
 
 /// A small, typed wrapper over the serial HDF5 C API: groups, float32/float64/int64 datasets,
 /// extendable 1-D series, and scalar attributes (strings are variable-length UTF-8, as h5py prefers).
@@ -31,7 +26,7 @@ public final class HDF5File {
     public static func create(_ path: String, overwrite: Bool = true) throws -> HDF5File {
         _ = silenced
         let f = H5Fcreate(path, overwrite ? gd_h5f_acc_trunc() : gd_h5f_acc_excl(), gd_h5p_default(), gd_h5p_default())
-        guard f >= 0 else { throw FileFormatError("cannot create HDF5 file \(path)") }
+        guard f >= 0 else { throw GPT2DistError(.fileFormat, "cannot create HDF5 file \(path)") }
         return HDF5File(path: path, id: f)
     }
 
@@ -39,17 +34,15 @@ public final class HDF5File {
     /// trainer from appending to the file it is reading.
     public static func open(_ path: String, writable: Bool = false, locking: Bool = true) throws -> HDF5File {
         _ = silenced
-        guard FileManager.default.isReadableFile(atPath: path) else { throw FileFormatError("cannot read \(path)") }
-        guard H5Fis_hdf5(path) > 0 else { throw FileFormatError("\(path) is not an HDF5 file (corrupt or truncated?)") }
+        guard FileManager.default.isReadableFile(atPath: path) else { throw GPT2DistError(.fileFormat, "cannot read \(path)") }
+        guard H5Fis_hdf5(path) > 0 else { throw GPT2DistError(.fileFormat, "\(path) is not an HDF5 file (corrupt or truncated?)") }
         let fapl = H5Pcreate(gd_h5p_file_access())
         defer { H5Pclose(fapl) }
         if !locking { H5Pset_file_locking(fapl, false, true) }
         let f = H5Fopen(path, writable ? gd_h5f_acc_rdwr() : gd_h5f_acc_rdonly(), fapl)
-        guard f >= 0 else { throw FileFormatError("cannot open HDF5 file \(path) (corrupt or truncated?)") }
+        guard f >= 0 else { throw GPT2DistError(.fileFormat, "cannot open HDF5 file \(path) (corrupt or truncated?)") }
         return HDF5File(path: path, id: f)
     }
-
-    public func flush() { H5Fflush(id, H5F_SCOPE_GLOBAL) }
 
     /// Closes without reporting failure (readers, and cleanup after an error already reported).
     public func close() { try? closeChecked() }
@@ -59,7 +52,7 @@ public final class HDF5File {
     public func closeChecked() throws {
         guard !closed else { return }
         closed = true
-        guard H5Fclose(id) >= 0 else { throw FileFormatError("cannot finish writing \(path) (disk full?)") }
+        guard H5Fclose(id) >= 0 else { throw GPT2DistError(.fileFormat, "cannot finish writing \(path) (disk full?)") }
     }
 
     deinit { close() }
@@ -79,7 +72,7 @@ public final class HDF5File {
     public func createGroup(_ name: String) throws {
         if exists(name) { return }
         let g = H5Gcreate2(id, name, gd_h5p_default(), gd_h5p_default(), gd_h5p_default())
-        guard g >= 0 else { throw FileFormatError("\(path): cannot create group \(name)") }
+        guard g >= 0 else { throw GPT2DistError(.fileFormat, "\(path): cannot create group \(name)") }
         H5Gclose(g)
     }
 
@@ -89,14 +82,14 @@ public final class HDF5File {
     /// instead of loading wrong numbers (h5py verifies it too). Chunks are the whole tensor, or slices of whole
     /// rows of about 4 MiB: HDF5 copies a chunk to checksum it, so small chunks keep the checkpoint from raising peak memory.
     public func writeFloats(_ name: String, shape: [Int], _ data: UnsafePointer<Float>) throws {
-        guard shape.allSatisfy({ $0 > 0 }) else { throw FileFormatError("\(path): dataset \(name) has an empty shape \(shape)") }
+        guard shape.allSatisfy({ $0 > 0 }) else { throw GPT2DistError(.fileFormat, "\(path): dataset \(name) has an empty shape \(shape)") }
         let rowFloats = shape.dropFirst().reduce(1, *)
         var chunk = shape.map { hsize_t($0) }
         chunk[0] = hsize_t(min(shape[0], max(1, (4 << 20) / 4 / rowFloats)))
         let dcpl = H5Pcreate(gd_h5p_dataset_create())
         defer { H5Pclose(dcpl) }
         guard H5Pset_chunk(dcpl, Int32(chunk.count), &chunk) >= 0, H5Pset_fletcher32(dcpl) >= 0 else {
-            throw FileFormatError("\(path): cannot set up the checksum of dataset \(name)")
+            throw GPT2DistError(.fileFormat, "\(path): cannot set up the checksum of dataset \(name)")
         }
         try write(name, shape: shape, type: gd_h5t_native_float(), creation: dcpl, data)
     }
@@ -106,18 +99,18 @@ public final class HDF5File {
         let space = H5Screate_simple(Int32(dims.count), &dims, nil)
         defer { H5Sclose(space) }
         let d = H5Dcreate2(id, name, type, space, gd_h5p_default(), creation, gd_h5p_default())
-        guard d >= 0 else { throw FileFormatError("\(path): cannot create dataset \(name)") }
+        guard d >= 0 else { throw GPT2DistError(.fileFormat, "\(path): cannot create dataset \(name)") }
         defer { H5Dclose(d) }
         guard H5Dwrite(d, type, gd_h5s_all(), gd_h5s_all(), gd_h5p_default(), data) >= 0 else {
-            throw FileFormatError("\(path): cannot write dataset \(name) (disk full?)")
+            throw GPT2DistError(.fileFormat, "\(path): cannot write dataset \(name) (disk full?)")
         }
     }
 
     /// Shape of a dataset and whether it stores 4-byte floats.
     public func datasetShape(_ name: String) throws -> (shape: [Int], isFloat32: Bool) {
-        guard exists(name) else { throw FileFormatError("\(path): missing dataset \(name)") }
+        guard exists(name) else { throw GPT2DistError(.fileFormat, "\(path): missing dataset \(name)") }
         let d = H5Dopen2(id, name, gd_h5p_default())
-        guard d >= 0 else { throw FileFormatError("\(path): cannot open dataset \(name)") }
+        guard d >= 0 else { throw GPT2DistError(.fileFormat, "\(path): cannot open dataset \(name)") }
         defer { H5Dclose(d) }
         let space = H5Dget_space(d)
         defer { H5Sclose(space) }
@@ -133,12 +126,12 @@ public final class HDF5File {
     /// Reads a float32 dataset of exactly `shape` into `out`.
     public func readFloats(_ name: String, shape: [Int], into out: UnsafeMutablePointer<Float>) throws {
         let (s, isF32) = try datasetShape(name)
-        guard isF32 else { throw FileFormatError("\(path): dataset \(name) is not float32") }
-        guard s == shape else { throw FileFormatError("\(path): dataset \(name) has shape \(s), expected \(shape)") }
+        guard isF32 else { throw GPT2DistError(.fileFormat, "\(path): dataset \(name) is not float32") }
+        guard s == shape else { throw GPT2DistError(.fileFormat, "\(path): dataset \(name) has shape \(s), expected \(shape)") }
         let d = H5Dopen2(id, name, gd_h5p_default())
         defer { H5Dclose(d) }
         guard H5Dread(d, gd_h5t_native_float(), gd_h5s_all(), gd_h5s_all(), gd_h5p_default(), out) >= 0 else {
-            throw FileFormatError("\(path): cannot read dataset \(name) (checksum mismatch or truncated: a damaged file)")
+            throw GPT2DistError(.fileFormat, "\(path): cannot read dataset \(name) (checksum mismatch or truncated: a damaged file)")
         }
     }
 
@@ -150,7 +143,7 @@ public final class HDF5File {
         defer { H5Dclose(d) }
         if n > 0 {
             guard H5Dread(d, gd_h5t_native_double(), gd_h5s_all(), gd_h5s_all(), gd_h5p_default(), &out) >= 0 else {
-                throw FileFormatError("\(path): cannot read dataset \(name)")
+                throw GPT2DistError(.fileFormat, "\(path): cannot read dataset \(name)")
             }
         }
         return out
@@ -167,7 +160,7 @@ public final class HDF5File {
         defer { H5Pclose(dcpl) }
         H5Pset_chunk(dcpl, 1, &chunk)
         let d = H5Dcreate2(id, name, gd_h5t_native_double(), space, gd_h5p_default(), dcpl, gd_h5p_default())
-        guard d >= 0 else { throw FileFormatError("\(path): cannot create series \(name)") }
+        guard d >= 0 else { throw GPT2DistError(.fileFormat, "\(path): cannot create series \(name)") }
         H5Dclose(d)
     }
 
@@ -180,10 +173,10 @@ public final class HDF5File {
     /// the same index in every series keeps them aligned even after a partly failed earlier write.
     public func setLast(_ name: String, at index: Int, _ value: Double) throws {
         let d = H5Dopen2(id, name, gd_h5p_default())
-        guard d >= 0 else { throw FileFormatError("\(path): no series \(name)") }
+        guard d >= 0 else { throw GPT2DistError(.fileFormat, "\(path): no series \(name)") }
         defer { H5Dclose(d) }
         var newSize: [hsize_t] = [hsize_t(index + 1)]
-        guard H5Dset_extent(d, &newSize) >= 0 else { throw FileFormatError("\(path): cannot extend \(name)") }
+        guard H5Dset_extent(d, &newSize) >= 0 else { throw GPT2DistError(.fileFormat, "\(path): cannot extend \(name)") }
         let fs = H5Dget_space(d)
         defer { H5Sclose(fs) }
         var start: [hsize_t] = [hsize_t(index)], count: [hsize_t] = [1], one: [hsize_t] = [1]
@@ -192,7 +185,7 @@ public final class HDF5File {
         defer { H5Sclose(ms) }
         var v = value
         guard H5Dwrite(d, gd_h5t_native_double(), ms, fs, gd_h5p_default(), &v) >= 0 else {
-            throw FileFormatError("\(path): cannot append to \(name)")
+            throw GPT2DistError(.fileFormat, "\(path): cannot append to \(name)")
         }
     }
 
@@ -221,15 +214,15 @@ public final class HDF5File {
 
     private func writeAttribute(_ object: String, _ name: String, type: hid_t, _ data: UnsafeRawPointer) throws {
         let o = H5Oopen(id, object, gd_h5p_default())
-        guard o >= 0 else { throw FileFormatError("\(path): no object \(object)") }
+        guard o >= 0 else { throw GPT2DistError(.fileFormat, "\(path): no object \(object)") }
         defer { H5Oclose(o) }
         if H5Aexists(o, name) > 0 { H5Adelete(o, name) }
         let space = H5Screate(H5S_SCALAR)
         defer { H5Sclose(space) }
         let a = H5Acreate2(o, name, type, space, gd_h5p_default(), gd_h5p_default())
-        guard a >= 0 else { throw FileFormatError("\(path): cannot create attribute \(name)") }
+        guard a >= 0 else { throw GPT2DistError(.fileFormat, "\(path): cannot create attribute \(name)") }
         defer { H5Aclose(a) }
-        guard H5Awrite(a, type, data) >= 0 else { throw FileFormatError("\(path): cannot write attribute \(name)") }
+        guard H5Awrite(a, type, data) >= 0 else { throw GPT2DistError(.fileFormat, "\(path): cannot write attribute \(name)") }
     }
 
     public func hasAttribute(_ object: String, _ name: String) -> Bool {
@@ -241,11 +234,11 @@ public final class HDF5File {
 
     private func withAttribute<R>(_ object: String, _ name: String, _ body: (hid_t) throws -> R) throws -> R {
         let o = H5Oopen(id, object, gd_h5p_default())
-        guard o >= 0 else { throw FileFormatError("\(path): missing \(object)") }
+        guard o >= 0 else { throw GPT2DistError(.fileFormat, "\(path): missing \(object)") }
         defer { H5Oclose(o) }
-        guard H5Aexists(o, name) > 0 else { throw FileFormatError("\(path): missing attribute \(object == "/" ? "" : object + "/")\(name)") }
+        guard H5Aexists(o, name) > 0 else { throw GPT2DistError(.fileFormat, "\(path): missing attribute \(object == "/" ? "" : object + "/")\(name)") }
         let a = H5Aopen(o, name, gd_h5p_default())
-        guard a >= 0 else { throw FileFormatError("\(path): cannot open attribute \(name)") }
+        guard a >= 0 else { throw GPT2DistError(.fileFormat, "\(path): cannot open attribute \(name)") }
         defer { H5Aclose(a) }
         return try body(a)
     }
@@ -253,7 +246,7 @@ public final class HDF5File {
     public func intAttribute(_ object: String, _ name: String) throws -> Int {
         try withAttribute(object, name) { a in
             var v: Int64 = 0
-            guard H5Aread(a, gd_h5t_native_int64(), &v) >= 0 else { throw FileFormatError("\(path): attribute \(name) is not an integer") }
+            guard H5Aread(a, gd_h5t_native_int64(), &v) >= 0 else { throw GPT2DistError(.fileFormat, "\(path): attribute \(name) is not an integer") }
             return Int(v)
         }
     }
@@ -261,7 +254,7 @@ public final class HDF5File {
     public func doubleAttribute(_ object: String, _ name: String) throws -> Double {
         try withAttribute(object, name) { a in
             var v = 0.0
-            guard H5Aread(a, gd_h5t_native_double(), &v) >= 0 else { throw FileFormatError("\(path): attribute \(name) is not a number") }
+            guard H5Aread(a, gd_h5t_native_double(), &v) >= 0 else { throw GPT2DistError(.fileFormat, "\(path): attribute \(name) is not a number") }
             return v
         }
     }
@@ -270,20 +263,20 @@ public final class HDF5File {
         try withAttribute(object, name) { a in
             let ft = H5Aget_type(a)
             defer { H5Tclose(ft) }
-            guard H5Tget_class(ft) == H5T_STRING else { throw FileFormatError("\(path): attribute \(name) is not a string") }
+            guard H5Tget_class(ft) == H5T_STRING else { throw GPT2DistError(.fileFormat, "\(path): attribute \(name) is not a string") }
             if H5Tis_variable_str(ft) > 0 {
                 let t = H5Tcopy(gd_h5t_c_s1())
                 defer { H5Tclose(t) }
                 H5Tset_size(t, gd_h5t_variable())
                 H5Tset_cset(t, H5T_CSET_UTF8)
                 var p: UnsafeMutablePointer<CChar>?
-                guard H5Aread(a, t, &p) >= 0, let p else { throw FileFormatError("\(path): cannot read attribute \(name)") }
+                guard H5Aread(a, t, &p) >= 0, let p else { throw GPT2DistError(.fileFormat, "\(path): cannot read attribute \(name)") }
                 defer { H5free_memory(p) }
                 return String(cString: p)
             }
             let size = H5Tget_size(ft)
             var buf = [CChar](repeating: 0, count: size + 1)
-            guard H5Aread(a, ft, &buf) >= 0 else { throw FileFormatError("\(path): cannot read attribute \(name)") }
+            guard H5Aread(a, ft, &buf) >= 0 else { throw GPT2DistError(.fileFormat, "\(path): cannot read attribute \(name)") }
             return String(cString: buf)
         }
     }

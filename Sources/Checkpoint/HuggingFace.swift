@@ -1,3 +1,4 @@
+import Common
 import Foundation
 import GPT2
 
@@ -14,20 +15,20 @@ public enum HuggingFace {
 
     public static func readConfig(directory: String) throws -> GPT2Config {
         let path = directory + "/config.json"
-        guard let data = FileManager.default.contents(atPath: path) else { throw FileFormatError("cannot read \(path)") }
-        guard let obj = (try? JSONValue.parse(data))?.object else { throw FileFormatError("\(path): malformed JSON") }
+        guard let data = FileManager.default.contents(atPath: path) else { throw GPT2DistError(.fileFormat, "cannot read \(path)") }
+        guard let obj = (try? JSONValue.parse(data))?.object else { throw GPT2DistError(.fileFormat, "\(path): malformed JSON") }
         func int(_ keys: String...) throws -> Int {
             for k in keys { if let v = obj[k]?.int { return v } }
-            throw FileFormatError("\(path): missing integer \(keys[0])")
+            throw GPT2DistError(.fileFormat, "\(path): missing integer \(keys[0])")
         }
         if let act = obj["activation_function"]?.string, !["gelu_new", "gelu_pytorch_tanh"].contains(act) {
-            throw FileFormatError("\(path): activation_function \(act) is not GPT-2's tanh GELU (gelu_new)")
+            throw GPT2DistError(.fileFormat, "\(path): activation_function \(act) is not GPT-2's tanh GELU (gelu_new)")
         }
         if let eps = obj["layer_norm_epsilon"]?.number, abs(eps - 1e-5) > 1e-12 {
-            throw FileFormatError("\(path): layer_norm_epsilon \(eps) differs from GPT-2's 1e-5")
+            throw GPT2DistError(.fileFormat, "\(path): layer_norm_epsilon \(eps) differs from GPT-2's 1e-5")
         }
         if let inner = obj["n_inner"]?.int, inner != 4 * (try int("n_embd")) {
-            throw FileFormatError("\(path): n_inner \(inner) is not 4 * n_embd")
+            throw GPT2DistError(.fileFormat, "\(path): n_inner \(inner) is not 4 * n_embd")
         }
         let drop = obj["resid_pdrop"]?.number ?? 0.1
         return try GPT2Config(vocabSize: int("vocab_size"), contextLength: int("n_positions", "n_ctx"),
@@ -51,7 +52,7 @@ public enum HuggingFace {
             let head = try st.floats("lm_head.weight")
             let wte = p.tensor("wte")
             if head.count != wte.count || !head.withUnsafeBufferPointer({ memcmp($0.baseAddress!, wte.data, wte.count * 4) == 0 }) {
-                throw FileFormatError("\(directory): lm_head.weight differs from wte; gpt2-dist ties the output head to the token embedding")
+                throw GPT2DistError(.fileFormat, "\(directory): lm_head.weight differs from wte; gpt2-dist ties the output head to the token embedding")
             }
         }
         return model

@@ -1,4 +1,5 @@
 import Autograd
+import Common
 import Foundation
 import GPT2
 
@@ -7,7 +8,9 @@ import GPT2
 /// shaped as Hugging Face GPT-2's state dict without "transformer." (wte and wpe without ".weight").
 public enum ModelFile {
     public static let format = "gpt2-dist"
-    public static let formatVersion = 1
+    /// Version 2 dropped the training checkpoint's redundant data_cursor, seed and adam_t; version 1 files read as before.
+    public static let formatVersion = 2
+    public static let readableVersions = 1...2
 
     public static func writeHeader(_ f: HDF5File, config: GPT2Config, step: Int) throws {
         try f.setAttribute("/", "format", string: format)
@@ -37,7 +40,7 @@ public enum ModelFile {
             let p = base + e.offset
             try f.readFloats("\(group)/\(e.name)", shape: e.shape, into: p)
             for i in 0..<e.count where !p[i].isFinite {
-                throw FileFormatError("\(f.path): \(group)/\(e.name) holds a non-finite value (damaged file?)")
+                throw GPT2DistError(.fileFormat, "\(f.path): \(group)/\(e.name) holds a non-finite value (damaged file?)")
             }
         }
     }
@@ -52,11 +55,12 @@ public enum ModelFile {
 
     public static func readConfig(_ f: HDF5File) throws -> GPT2Config {
         guard f.hasAttribute("/", "format"), (try? f.stringAttribute("/", "format")) == format else {
-            throw FileFormatError("\(f.path): not a gpt2-dist checkpoint (root attribute format != \"gpt2-dist\")")
+            throw GPT2DistError(.fileFormat, "\(f.path): not a gpt2-dist checkpoint (root attribute format != \"gpt2-dist\")")
         }
         let version = try f.intAttribute("/", "format_version")
-        guard version == formatVersion else {
-            throw FileFormatError("\(f.path): checkpoint format_version \(version) is not supported (expected \(formatVersion))")
+        guard readableVersions.contains(version) else {
+            throw GPT2DistError(.fileFormat, "\(f.path): checkpoint format_version \(version) is not supported (this gpt2-dist reads "
+                + "\(readableVersions.lowerBound) to \(readableVersions.upperBound); a newer version wrote it?)")
         }
         var dict: [String: JSONValue] = [:]
         for k in ["vocab_size", "context_length", "emb_dim", "n_heads", "n_layers"] {
@@ -103,7 +107,7 @@ public enum AtomicFile {
             directory = url.deletingLastPathComponent().path
             temporaryPath = directory + "/." + url.lastPathComponent + AtomicFile.temporarySuffix + "\(getpid())"
             try? FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-            guard access(directory, W_OK) == 0 else { throw FileFormatError("cannot write to directory \(directory)") }
+            guard access(directory, W_OK) == 0 else { throw GPT2DistError(.fileFormat, "cannot write to directory \(directory)") }
         }
 
         /// fsync the temporary file, rename it over `path`, fsync the directory; on failure the temporary goes.
@@ -111,7 +115,7 @@ public enum AtomicFile {
             do {
                 try AtomicFile.fsync(path: temporaryPath)
                 guard rename(temporaryPath, path) == 0 else {
-                    throw FileFormatError("cannot rename \(temporaryPath) to \(path): \(String(cString: strerror(errno)))")
+                    throw GPT2DistError(.fileFormat, "cannot rename \(temporaryPath) to \(path): \(String(cString: strerror(errno)))")
                 }
                 try? AtomicFile.fsync(path: directory)
             } catch {
@@ -159,16 +163,16 @@ public enum AtomicFile {
 
     public static func fsync(path: String) throws {
         let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { throw FileFormatError("cannot open \(path) to sync it") }
+        guard fd >= 0 else { throw GPT2DistError(.fileFormat, "cannot open \(path) to sync it") }
         defer { close(fd) }
-        guard Glibc.fsync(fd) == 0 else { throw FileFormatError("fsync \(path) failed (disk full?)") }
+        guard Glibc.fsync(fd) == 0 else { throw GPT2DistError(.fileFormat, "fsync \(path) failed (disk full?)") }
     }
 
     /// Writes small text (e.g. the "latest" pointer) atomically.
     public static func write(text: String, to path: String) throws {
         try write(path) { tmp in
             guard FileManager.default.createFile(atPath: tmp, contents: Data(text.utf8)) else {
-                throw FileFormatError("cannot write \(tmp)")
+                throw GPT2DistError(.fileFormat, "cannot write \(tmp)")
             }
         }
     }

@@ -1,5 +1,5 @@
+import Common
 import Foundation
-import GPT2
 
 /// Reader and writer for the safetensors format: an 8-byte little-endian header length, a JSON header
 /// {name: {dtype, shape, data_offsets: [begin, end]}}, then raw little-endian tensor bytes.
@@ -22,20 +22,20 @@ public struct SafeTensorsFile {
     public init(path: String) throws {
         self.path = path
         guard let d = try? Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped) else {
-            throw FileFormatError("cannot read \(path)")
+            throw GPT2DistError(.fileFormat, "cannot read \(path)")
         }
         data = d
-        guard d.count >= 8 else { throw FileFormatError("\(path): too short for a safetensors file") }
+        guard d.count >= 8 else { throw GPT2DistError(.fileFormat, "\(path): too short for a safetensors file") }
         let headerLength = d.prefix(8).withUnsafeBytes { UInt64(littleEndian: $0.loadUnaligned(as: UInt64.self)) }
         guard headerLength <= UInt64(d.count - 8), headerLength <= 100_000_000 else {
-            throw FileFormatError("\(path): malformed safetensors header length \(headerLength) (file has \(d.count) bytes)")
+            throw GPT2DistError(.fileFormat, "\(path): malformed safetensors header length \(headerLength) (file has \(d.count) bytes)")
         }
         dataStart = 8 + Int(headerLength)
         let header: JSONValue
         do { header = try JSONValue.parse(d.subdata(in: 8..<dataStart)) } catch {
-            throw FileFormatError("\(path): malformed safetensors header (not JSON)")
+            throw GPT2DistError(.fileFormat, "\(path): malformed safetensors header (not JSON)")
         }
-        guard let obj = header.object else { throw FileFormatError("\(path): safetensors header is not a JSON object") }
+        guard let obj = header.object else { throw GPT2DistError(.fileFormat, "\(path): safetensors header is not a JSON object") }
         let available = d.count - dataStart
         var entries: [String: Entry] = [:], meta: [String: String] = [:]
         for (name, value) in obj {
@@ -46,14 +46,14 @@ public struct SafeTensorsFile {
             guard let o = value.object, let dtype = o["dtype"]?.string, let size = Self.byteSizes[dtype],
                   let shapeArr = o["shape"]?.array, let offs = o["data_offsets"]?.array, offs.count == 2,
                   let begin = offs[0].int, let end = offs[1].int else {
-                throw FileFormatError("\(path): malformed safetensors entry \(name)")
+                throw GPT2DistError(.fileFormat, "\(path): malformed safetensors entry \(name)")
             }
             let shape = try shapeArr.map { v -> Int in
-                guard let i = v.int, i >= 0 else { throw FileFormatError("\(path): bad shape for \(name)") }
+                guard let i = v.int, i >= 0 else { throw GPT2DistError(.fileFormat, "\(path): bad shape for \(name)") }
                 return i
             }
             guard begin >= 0, end >= begin, end <= available, end - begin == shape.reduce(1, *) * size else {
-                throw FileFormatError("\(path): tensor \(name) has data offsets [\(begin), \(end)) that do not fit its shape \(shape) and dtype \(dtype) or the file (truncated?)")
+                throw GPT2DistError(.fileFormat, "\(path): tensor \(name) has data offsets [\(begin), \(end)) that do not fit its shape \(shape) and dtype \(dtype) or the file (truncated?)")
             }
             entries[name] = Entry(dtype: dtype, shape: shape, begin: begin, end: end)
         }
@@ -63,9 +63,9 @@ public struct SafeTensorsFile {
 
     /// Copies tensor `name` as float32 into `out`, converting from F16/BF16/F64; its shape must equal `shape`.
     public func readFloats(_ name: String, shape: [Int], into out: UnsafeMutablePointer<Float>) throws {
-        guard let e = entries[name] else { throw FileFormatError("\(path): missing tensor \(name)") }
+        guard let e = entries[name] else { throw GPT2DistError(.fileFormat, "\(path): missing tensor \(name)") }
         guard e.shape == shape else {
-            throw FileFormatError("\(path): tensor \(name) has shape \(e.shape), expected \(shape)")
+            throw GPT2DistError(.fileFormat, "\(path): tensor \(name) has shape \(e.shape), expected \(shape)")
         }
         let n = shape.reduce(1, *)
         data.withUnsafeBytes { raw in
@@ -86,26 +86,26 @@ public struct SafeTensorsFile {
             }
         }
         guard ["F32", "F64", "F16", "BF16"].contains(e.dtype) else {
-            throw FileFormatError("\(path): tensor \(name) has dtype \(e.dtype), expected a float type (F32, F16, BF16, F64)")
+            throw GPT2DistError(.fileFormat, "\(path): tensor \(name) has dtype \(e.dtype), expected a float type (F32, F16, BF16, F64)")
         }
     }
 
     public func floats(_ name: String) throws -> [Float] {
-        guard let e = entries[name] else { throw FileFormatError("\(path): missing tensor \(name)") }
+        guard let e = entries[name] else { throw GPT2DistError(.fileFormat, "\(path): missing tensor \(name)") }
         var out = [Float](repeating: 0, count: e.shape.reduce(1, *))
         try out.withUnsafeMutableBufferPointer { try readFloats(name, shape: e.shape, into: $0.baseAddress!) }
         return out
     }
 
     public func ints(_ name: String) throws -> [Int] {
-        guard let e = entries[name] else { throw FileFormatError("\(path): missing tensor \(name)") }
+        guard let e = entries[name] else { throw GPT2DistError(.fileFormat, "\(path): missing tensor \(name)") }
         let n = e.shape.reduce(1, *)
         return try data.withUnsafeBytes { raw in
             let src = raw.baseAddress! + dataStart + e.begin
             switch e.dtype {
             case "I64": return (0..<n).map { Int(src.loadUnaligned(fromByteOffset: $0 * 8, as: Int64.self)) }
             case "I32": return (0..<n).map { Int(src.loadUnaligned(fromByteOffset: $0 * 4, as: Int32.self)) }
-            default: throw FileFormatError("\(path): tensor \(name) has dtype \(e.dtype), expected an integer type")
+            default: throw GPT2DistError(.fileFormat, "\(path): tensor \(name) has dtype \(e.dtype), expected an integer type")
             }
         }
     }
@@ -128,14 +128,14 @@ public struct SafeTensorsFile {
         header += parts.joined(separator: ",") + "}"
         var headerBytes = Array(header.utf8)
         while (8 + headerBytes.count) % 8 != 0 { headerBytes.append(0x20) }  // pad so tensor data is 8-byte aligned
-        guard let out = OutputStream(toFileAtPath: path, append: false) else { throw FileFormatError("cannot write \(path)") }
+        guard let out = OutputStream(toFileAtPath: path, append: false) else { throw GPT2DistError(.fileFormat, "cannot write \(path)") }
         out.open()
         defer { out.close() }
         func put(_ p: UnsafeRawPointer, _ n: Int) throws {
             var done = 0
             while done < n {
                 let w = out.write(p.assumingMemoryBound(to: UInt8.self) + done, maxLength: min(n - done, 1 << 26))
-                guard w > 0 else { throw FileFormatError("cannot write \(path) (disk full?)") }
+                guard w > 0 else { throw GPT2DistError(.fileFormat, "cannot write \(path) (disk full?)") }
                 done += w
             }
         }

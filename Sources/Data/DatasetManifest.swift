@@ -1,3 +1,4 @@
+import Common
 import Foundation
 
 /// `manifest.json`, which `prepare` writes beside the shards it made: what went in, how it was split, and the
@@ -76,15 +77,15 @@ public struct DatasetManifest: Codable, Equatable, Sendable {
     public static func load(directory: String) throws -> DatasetManifest? {
         let path = directory + "/" + fileName
         guard FileManager.default.fileExists(atPath: path) else { return nil }
-        guard let data = FileManager.default.contents(atPath: path) else { throw DataError("cannot read \(path)") }
+        guard let data = FileManager.default.contents(atPath: path) else { throw GPT2DistError(.data, "cannot read \(path)") }
         let d = JSONDecoder()
         d.keyDecodingStrategy = .convertFromSnakeCase
         let m: DatasetManifest
         do { m = try d.decode(DatasetManifest.self, from: data) } catch {
-            throw DataError("\(path) is not a dataset manifest written by gpt2-dist prepare (\(error))")
+            throw GPT2DistError(.data, "\(path) is not a dataset manifest written by gpt2-dist prepare (\(error))")
         }
-        guard m.format == currentFormat else { throw DataError("\(path): unsupported manifest format \(m.format)") }
-        guard m.id == identity(of: m.shards) else { throw DataError("\(path): its id does not match its shard list (edited by hand?)") }
+        guard m.format == currentFormat else { throw GPT2DistError(.data, "\(path): unsupported manifest format \(m.format)") }
+        guard m.id == identity(of: m.shards) else { throw GPT2DistError(.data, "\(path): its id does not match its shard list (edited by hand?)") }
         return m
     }
 
@@ -105,7 +106,7 @@ public struct ManifestCheck: Sendable {
         let directory = dir.isEmpty ? "." : dir
         guard let m = try DatasetManifest.load(directory: directory) else { return nil }
         for p in paths where m.shard(named: (p as NSString).lastPathComponent) == nil {
-            throw DataError("\(p) is not listed in \(directory)/\(DatasetManifest.fileName); re-run prepare into a new directory")
+            throw GPT2DistError(.data, "\(p) is not listed in \(directory)/\(DatasetManifest.fileName); re-run prepare into a new directory")
         }
         return ManifestCheck(manifest: m, directory: directory)
     }
@@ -115,7 +116,7 @@ public struct ManifestCheck: Sendable {
         for (p, s) in zip(paths, entries) {
             let size = (try? FileManager.default.attributesOfItem(atPath: p)[.size] as? Int) ?? -1
             guard size == TokenShardFormat.headerBytes + 2 * s.tokens else {
-                throw DataError("\(p): \(size) bytes, but the manifest lists \(s.tokens) tokens; the shards changed after prepare")
+                throw GPT2DistError(.data, "\(p): \(size) bytes, but the manifest lists \(s.tokens) tokens; the shards changed after prepare")
             }
         }
         let mine = paths.indices.filter { $0 % hashShare.of == hashShare.index }
@@ -129,7 +130,7 @@ public struct ManifestCheck: Sendable {
             }
         }
         if let bad = failures.prefix(mine.count).first(where: { $0 >= 0 }) {
-            throw DataError("\(paths[bad]): sha256 differs from \(directory)/\(DatasetManifest.fileName); the shard changed after prepare")
+            throw GPT2DistError(.data, "\(paths[bad]): sha256 differs from \(directory)/\(DatasetManifest.fileName); the shard changed after prepare")
         }
     }
 }

@@ -1,4 +1,5 @@
 import CSHA256
+import Common
 import Foundation
 
 /// SHA-256 (FIPS 180-4), streaming: the shard hashes of a dataset manifest, the same digests `sha256sum`
@@ -57,7 +58,7 @@ public struct SHA256 {
 
     /// The digest of a file, read in 4 MB pieces.
     public static func hex(ofFile path: String) throws -> String {
-        guard let handle = FileHandle(forReadingAtPath: path) else { throw DataError("cannot read \(path)") }
+        guard let handle = FileHandle(forReadingAtPath: path) else { throw GPT2DistError(.data, "cannot read \(path)") }
         defer { try? handle.close() }
         var h = SHA256()
         while let chunk = try handle.read(upToCount: 4 << 20), !chunk.isEmpty { h.update(chunk) }

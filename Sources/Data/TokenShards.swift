@@ -1,11 +1,5 @@
-import Autograd
+import Common
 import Foundation
-
-public struct DataError: Error, CustomStringConvertible {
-    public let message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
-}
 
 /// llm.c's token shard format: a header of 256 little-endian int32 (magic 20240520, version 1,
 /// token count, rest 0) followed by the tokens as little-endian uint16.
@@ -30,7 +24,7 @@ public enum TokenShardFormat {
 
     public static func write(tokens: [UInt16], to path: String) throws {
         guard FileManager.default.createFile(atPath: path, contents: encode(tokens)) else {
-            throw DataError("cannot write \(path)")
+            throw GPT2DistError(.data, "cannot write \(path)")
         }
     }
 }
@@ -45,14 +39,14 @@ public final class TokenDataset: @unchecked Sendable {
     /// Opens shards and validates headers, sizes and (if `vocabSize` is given) every token id, unless the ids
     /// are already known to lie below `idsCheckedBelow` <= vocabSize (a manifest vouches for them).
     public init(paths: [String], vocabSize: Int?, idsCheckedBelow: Int? = nil) throws {
-        guard !paths.isEmpty else { throw DataError("no token files given") }
+        guard !paths.isEmpty else { throw GPT2DistError(.data, "no token files given") }
         var shards: [Data] = [], starts: [Int] = [], total = 0
         for path in paths {
             guard let d = try? Data(contentsOf: URL(fileURLWithPath: path), options: .alwaysMapped) else {
-                throw DataError("cannot read token file \(path)")
+                throw GPT2DistError(.data, "cannot read token file \(path)")
             }
             guard d.count >= TokenShardFormat.headerBytes else {
-                throw DataError("\(path): truncated token file (\(d.count) bytes, header needs 1024)")
+                throw GPT2DistError(.data, "\(path): truncated token file (\(d.count) bytes, header needs 1024)")
             }
             let (magic, version, n) = d.withUnsafeBytes { raw in
                 (Int32(littleEndian: raw.loadUnaligned(fromByteOffset: 0, as: Int32.self)),
@@ -60,17 +54,17 @@ public final class TokenDataset: @unchecked Sendable {
                  Int(Int32(littleEndian: raw.loadUnaligned(fromByteOffset: 8, as: Int32.self))))
             }
             guard magic == TokenShardFormat.magic else {
-                throw DataError("\(path): not an llm.c token file (magic \(magic), expected \(TokenShardFormat.magic))")
+                throw GPT2DistError(.data, "\(path): not an llm.c token file (magic \(magic), expected \(TokenShardFormat.magic))")
             }
             guard version == TokenShardFormat.version else {
-                throw DataError("\(path): unsupported token file version \(version) (expected 1: uint16 tokens)")
+                throw GPT2DistError(.data, "\(path): unsupported token file version \(version) (expected 1: uint16 tokens)")
             }
             let expected = TokenShardFormat.headerBytes + 2 * n
             guard n >= 0, d.count >= expected else {
-                throw DataError("\(path): truncated token file (header says \(n) tokens, file holds \((d.count - TokenShardFormat.headerBytes) / 2))")
+                throw GPT2DistError(.data, "\(path): truncated token file (header says \(n) tokens, file holds \((d.count - TokenShardFormat.headerBytes) / 2))")
             }
             guard d.count == expected else {
-                throw DataError("\(path): \(d.count - expected) unexpected bytes after \(n) tokens")
+                throw GPT2DistError(.data, "\(path): \(d.count - expected) unexpected bytes after \(n) tokens")
             }
             if let v = vocabSize, (idsCheckedBelow ?? Int.max) > v {
                 let bad: (Int, Int)? = d.withUnsafeBytes { raw in
@@ -79,7 +73,7 @@ public final class TokenDataset: @unchecked Sendable {
                     return nil
                 }
                 if let (i, id) = bad {
-                    throw DataError("\(path): token id \(id) at position \(i) is out of range for vocab_size \(v)")
+                    throw GPT2DistError(.data, "\(path): token id \(id) at position \(i) is out of range for vocab_size \(v)")
                 }
             }
             shards.append(d); starts.append(total); total += n
@@ -96,19 +90,14 @@ public final class TokenDataset: @unchecked Sendable {
     /// names start with `preferring` (e.g. "train" or "val", as `prepare` writes them) when there are any,
     /// else all *.bin files; sorted.
     public static func resolve(_ spec: String, preferring prefix: String? = nil) throws -> [String] {
-        var isDir: ObjCBool = false
-        if FileManager.default.fileExists(atPath: spec, isDirectory: &isDir) {
-            guard isDir.boolValue else { return [spec] }
-            let bins = ((try? FileManager.default.contentsOfDirectory(atPath: spec)) ?? []).filter { $0.hasSuffix(".bin") }
-            let preferred = prefix.map { p in bins.filter { $0.hasPrefix(p) } } ?? []
-            let chosen = (preferred.isEmpty ? bins : preferred).sorted()
-            guard !chosen.isEmpty else { throw DataError("no *.bin token files in directory \(spec)") }
-            return chosen.map { spec + "/" + $0 }
-        }
-        var g = glob_t()
-        defer { globfree(&g) }
-        guard glob(spec, 0, nil, &g) == 0, g.gl_pathc > 0 else { throw DataError("no token files match \(spec)") }
-        return (0..<Int(g.gl_pathc)).compactMap { g.gl_pathv[$0].map { String(cString: $0) } }.sorted()
+        let matches = try PathSpec.expand(spec, recursive: false, accepts: { $0.hasSuffix(".bin") },
+                                          notFound: { "no token files match \($0)" })
+        // In a directory, the shards of the split asked for (train_*.bin, val_*.bin) when it has any.
+        let found = matches.filter { !$0.named }
+        let preferred = prefix.map { p in found.filter { URL(fileURLWithPath: $0.path).lastPathComponent.hasPrefix(p) } } ?? []
+        let chosen = matches.filter(\.named) + (preferred.isEmpty ? found : preferred)
+        guard !chosen.isEmpty else { throw GPT2DistError(.data, "no *.bin token files in \(spec)") }
+        return chosen.map(\.path)
     }
 
     public convenience init(spec: String, vocabSize: Int?, preferring prefix: String? = nil) throws {
@@ -149,10 +138,10 @@ public struct BatchOrder: Sendable {
     public let shuffleSeed: UInt64?
 
     public init(tokenCount: Int, batchSize: Int, seqLen: Int, shuffleSeed: UInt64? = nil) throws {
-        guard batchSize > 0, seqLen > 0 else { throw DataError("batch size and sequence length must be positive") }
+        guard batchSize > 0, seqLen > 0 else { throw GPT2DistError(.data, "batch size and sequence length must be positive") }
         let m = (tokenCount - 1) / (batchSize * seqLen)
         guard m >= 1 else {
-            throw DataError("data has \(tokenCount) tokens; one batch of \(batchSize) x \(seqLen) needs at least \(batchSize * seqLen + 1)")
+            throw GPT2DistError(.data, "data has \(tokenCount) tokens; one batch of \(batchSize) x \(seqLen) needs at least \(batchSize * seqLen + 1)")
         }
         self.batchSize = batchSize; self.seqLen = seqLen; self.tokenCount = tokenCount
         spans = m; self.shuffleSeed = shuffleSeed

@@ -17,6 +17,9 @@ public struct BucketSchedule: Sendable {
     public let regions: [Range<Int>]
     public let buckets: [Bucket]
 
+    /// Bucket size in MB unless chosen (train's --bucket-mb, plan's): PyTorch DDP's 25 MB.
+    public static let defaultBucketMb = 25.0
+
     public init(regions: [Range<Int>], bucketFloats: Int) {
         let limit = max(1, bucketFloats)
         var buckets: [Bucket] = []

@@ -1,7 +1,8 @@
+import Common
 import Foundation
 
 /// GPT-2 hyper-parameters, with the keys of Raschka's "Build a LLM from scratch" configs.
-public struct GPT2Config: Equatable, Sendable, Codable {
+public struct GPT2Config: Equatable, Sendable {
     public var vocabSize: Int
     public var contextLength: Int
     public var embDim: Int
@@ -11,11 +12,6 @@ public struct GPT2Config: Equatable, Sendable, Codable {
     public var qkvBias: Bool
 
     public static let keys = ["vocab_size", "context_length", "emb_dim", "n_heads", "n_layers", "drop_rate", "qkv_bias"]
-
-    enum CodingKeys: String, CodingKey {
-        case vocabSize = "vocab_size", contextLength = "context_length", embDim = "emb_dim", nHeads = "n_heads"
-        case nLayers = "n_layers", dropRate = "drop_rate", qkvBias = "qkv_bias"
-    }
 
     public init(vocabSize: Int, contextLength: Int, embDim: Int, nHeads: Int, nLayers: Int,
                 dropRate: Double = 0, qkvBias: Bool = true) throws {
@@ -30,14 +26,14 @@ public struct GPT2Config: Equatable, Sendable, Codable {
         // Limits far beyond any GPT-2, and small enough that no size computed from them overflows.
         for (key, value, limit) in [("vocab_size", vocabSize, 1 << 22), ("context_length", contextLength, 1 << 20),
                                     ("emb_dim", embDim, 1 << 16), ("n_heads", nHeads, 1 << 16), ("n_layers", nLayers, 1 << 12)] {
-            if value <= 0 { throw ConfigError("\(key) must be a positive integer, got \(value)") }
-            if value > limit { throw ConfigError("\(key) \(value) is larger than gpt2-dist supports (\(limit))") }
+            if value <= 0 { throw GPT2DistError(.config, "\(key) must be a positive integer, got \(value)") }
+            if value > limit { throw GPT2DistError(.config, "\(key) \(value) is larger than gpt2-dist supports (\(limit))") }
         }
         if embDim % nHeads != 0 {
-            throw ConfigError("emb_dim (\(embDim)) must be divisible by n_heads (\(nHeads))")
+            throw GPT2DistError(.config, "emb_dim (\(embDim)) must be divisible by n_heads (\(nHeads))")
         }
         if !(dropRate >= 0 && dropRate < 1) {
-            throw ConfigError("drop_rate must be in [0, 1), got \(dropRate)")
+            throw GPT2DistError(.config, "drop_rate must be in [0, 1), got \(dropRate)")
         }
     }
 
@@ -45,41 +41,41 @@ public struct GPT2Config: Equatable, Sendable, Codable {
     public static func parse(json data: Data, source: String = "config") throws -> GPT2Config {
         let value: JSONValue
         do { value = try JSONValue.parse(data) } catch {
-            throw ConfigError("\(source): malformed JSON")
+            throw GPT2DistError(.config, "\(source): malformed JSON")
         }
-        guard let dict = value.object else { throw ConfigError("\(source): expected a JSON object") }
+        guard let dict = value.object else { throw GPT2DistError(.config, "\(source): expected a JSON object") }
         return try from(dictionary: dict, source: source)
     }
 
     public static func from(dictionary dict: [String: JSONValue], source: String = "config") throws -> GPT2Config {
         for key in dict.keys.sorted() where !keys.contains(key) {
-            throw ConfigError("\(source): unknown key \"\(key)\" (expected \(keys.joined(separator: ", ")))")
+            throw GPT2DistError(.config, "\(source): unknown key \"\(key)\" (expected \(keys.joined(separator: ", ")))")
         }
         func value(_ key: String) throws -> JSONValue {
-            guard let v = dict[key] else { throw ConfigError("\(source): missing key \"\(key)\"") }
+            guard let v = dict[key] else { throw GPT2DistError(.config, "\(source): missing key \"\(key)\"") }
             return v
         }
         func int(_ key: String) throws -> Int {
             let v = try value(key)
-            guard let i = v.int else { throw ConfigError("\(source): \"\(key)\" must be an integer, got \(v)") }
+            guard let i = v.int else { throw GPT2DistError(.config, "\(source): \"\(key)\" must be an integer, got \(v)") }
             return i
         }
         let d = try value("drop_rate")
-        guard let drop = d.number else { throw ConfigError("\(source): \"drop_rate\" must be a number, got \(d)") }
+        guard let drop = d.number else { throw GPT2DistError(.config, "\(source): \"drop_rate\" must be a number, got \(d)") }
         let q = try value("qkv_bias")
-        guard let qkv = q.bool else { throw ConfigError("\(source): \"qkv_bias\" must be true or false, got \(q)") }
+        guard let qkv = q.bool else { throw GPT2DistError(.config, "\(source): \"qkv_bias\" must be true or false, got \(q)") }
         do {
             return try GPT2Config(vocabSize: int("vocab_size"), contextLength: int("context_length"),
                                   embDim: int("emb_dim"), nHeads: int("n_heads"), nLayers: int("n_layers"),
                                   dropRate: drop, qkvBias: qkv)
-        } catch let e as ConfigError where !e.message.hasPrefix(source) {
-            throw ConfigError("\(source): \(e.message)")
+        } catch let e as GPT2DistError where !e.message.hasPrefix(source) {
+            throw GPT2DistError(.config, "\(source): \(e.message)")
         }
     }
 
     public static func load(path: String) throws -> GPT2Config {
         guard let data = FileManager.default.contents(atPath: path) else {
-            throw ConfigError("cannot read config file \(path)")
+            throw GPT2DistError(.config, "cannot read config file \(path)")
         }
         return try parse(json: data, source: path)
     }
@@ -95,8 +91,3 @@ public struct GPT2Config: Equatable, Sendable, Codable {
     }
 }
 
-public struct ConfigError: Error, CustomStringConvertible {
-    public let message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
-}

@@ -1,4 +1,5 @@
 import Autograd
+import Common
 import Foundation
 
 /// Autoregressive decoding with a key/value cache: each new token runs the blocks on one position

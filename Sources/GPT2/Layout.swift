@@ -2,47 +2,48 @@ import Autograd
 
 extension GPT2Config {
     /// Every parameter with the name and shape of Hugging Face GPT-2's state dict (without "transformer."),
-    /// linear weights input-major as GPT-2's Conv1D. Order: embeddings, blocks 0..L-1, final norm,
-    /// so backward finishes parameter blocks from the end of the flat buffer towards its start.
+    /// linear weights input-major as GPT-2's Conv1D. Order: embeddings, blocks 0..L-1 (each op of `BlockOp.gpt2`
+    /// in forward order), final norm, so backward finishes parameter blocks from the end of the flat buffer
+    /// towards its start.
     public var parameterLayout: ParameterLayout {
-        let C = embDim
         var layout = ParameterLayout()
-        layout.append("wte", [vocabSize, C])
-        layout.append("wpe", [contextLength, C])
+        layout.append("wte", [vocabSize, embDim])
+        layout.append("wpe", [contextLength, embDim])
         for l in 0..<nLayers {
-            let p = "h.\(l)."
-            layout.append(p + "ln_1.weight", [C])
-            layout.append(p + "ln_1.bias", [C])
-            layout.append(p + "attn.c_attn.weight", [C, 3 * C])
-            if qkvBias { layout.append(p + "attn.c_attn.bias", [3 * C]) }
-            layout.append(p + "attn.c_proj.weight", [C, C])
-            layout.append(p + "attn.c_proj.bias", [C])
-            layout.append(p + "ln_2.weight", [C])
-            layout.append(p + "ln_2.bias", [C])
-            layout.append(p + "mlp.c_fc.weight", [C, 4 * C])
-            layout.append(p + "mlp.c_fc.bias", [4 * C])
-            layout.append(p + "mlp.c_proj.weight", [4 * C, C])
-            layout.append(p + "mlp.c_proj.bias", [C])
+            for op in BlockOp.gpt2 {
+                for p in op.parameters(self) { layout.append(Self.blockParameterName(l, op.name, p.name), p.shape) }
+            }
         }
-        layout.append("ln_f.weight", [C])
-        layout.append("ln_f.bias", [C])
+        layout.append("ln_f.weight", [embDim])
+        layout.append("ln_f.bias", [embDim])
         return layout
     }
 
-    /// The flat gradient buffer in the regions backward finishes, in that order, when the token embedding's rows
-    /// are deferred (`GPT2Graph.defersTokenGradient`): wte (its dense part is final after the output head), ln_f,
-    /// then for each block from L-1 down to 0 the tensors of each op from its last to its first (mlp.c_proj,
-    /// mlp.c_fc, ln_2, attn.c_proj, attn.c_attn, ln_1: descending in the buffer), then wpe (after the embedding).
-    /// Region indices: 0 wte, 1 ln_f, 2 + 6(L-1-l) + j for op j of block l, 2 + 6L wpe. Gradient buckets are cut
-    /// from these regions.
+    /// `h.L.OP.PARAMETER`, as Hugging Face names a block's tensors.
+    public static func blockParameterName(_ layer: Int, _ op: String, _ parameter: String) -> String {
+        "h.\(layer).\(op).\(parameter)"
+    }
+
+    /// The names of the gradient regions backward finishes, in that order, when the token embedding's rows are
+    /// deferred (`GPT2Graph.defersTokenGradient`): wte (its dense part is final after the output head), ln_f,
+    /// then for each block from L-1 down to 0 its parameterised ops from last to first (`h.L.OP`), then wpe
+    /// (after the embedding). Gradient buckets are cut from these regions.
+    public var gradientRegionNames: [String] {
+        ["wte", "ln_f"] + (0..<nLayers).reversed().flatMap { l in
+            BlockOp.gpt2ParameterisedInBackwardOrder.map { "h.\(l).\($0.name)" }
+        } + ["wpe"]
+    }
+
+    /// The flat gradient buffer cut into `gradientRegionNames`' regions, in the same order: each region is its
+    /// tensors' range of the buffer.
     public var gradientRegions: [Range<Int>] {
         let layout = parameterLayout
         func start(_ name: String) -> Int { layout.entry(name)!.offset }
         var regions = [start("wte")..<start("wpe"), start("ln_f.weight")..<layout.totalCount]
         var end = start("ln_f.weight")
         for l in (0..<nLayers).reversed() {
-            for name in Self.blockOpsInBackwardOrder {
-                let lo = start("h.\(l).\(name).weight")
+            for op in BlockOp.gpt2ParameterisedInBackwardOrder {
+                let lo = start(Self.blockParameterName(l, op.name, op.parameters(self)[0].name))
                 regions.append(lo..<end)
                 end = lo
             }
@@ -51,8 +52,10 @@ extension GPT2Config {
         return regions
     }
 
-    /// The parameterised ops of a block, last first (each one's weight and bias lie just below the previous one's).
-    public static let blockOpsInBackwardOrder = ["mlp.c_proj", "mlp.c_fc", "ln_2", "attn.c_proj", "attn.c_attn", "ln_1"]
+    /// Index of each named gradient region in `gradientRegions`.
+    public var gradientRegionIndex: [String: Int] {
+        Dictionary(uniqueKeysWithValues: gradientRegionNames.enumerated().map { ($1, $0) })
+    }
 
     /// Parameter count with the output head tied to wte (what is stored and trained).
     public var parameterCount: Int { parameterLayout.totalCount }

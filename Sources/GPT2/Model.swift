@@ -1,4 +1,5 @@
 import Autograd
+import Common
 import Foundation
 
 /// GPT-2: token + position embeddings, pre-LayerNorm blocks (causal multi-head attention, GELU MLP),
@@ -83,74 +84,66 @@ public final class GPT2Graph {
 
         func act(_ shape: [Int]) -> Tensor { arena.tensor(shape, gradient: grad) }
 
-        // Gradient regions, numbered as cfg.gradientRegions: 0 wte (after the head), 1 ln_f, 2 + 6(L-1-l) + j the j-th op
-        // of block l counted from its last (GPT2Config.blockOpsInBackwardOrder), 2 + 6L wpe.
+        // Each op that uses parameters completes, in backward, the gradient region of the same name.
+        let region = cfg.gradientRegionIndex
         var x = act([B, T, C])
         embedding = EmbeddingOp(tokens: inputs, wte: p.tensor("wte"), wpe: p.tensor("wpe"), out: x, batch: B, seqLen: T)
-        tape.record(embedding, completesRegion: 2 + 6 * L)
+        tape.record(embedding, completesRegion: region["wpe"])
         if drop > 0 && mode == .train {
             let y = act(x.shape)
             tape.record(DropoutOp(x: x, out: y, rate: drop, site: 1 << 40, context: ctx))
             x = y
         }
-        // A block's internal activations: its own, or (recompute) one set shared by all blocks.
-        struct Internals {
-            var ln1, qkv, att, proj, x1, ln2, fc, gelu, mproj: Tensor
-            var projDrop: Tensor?, mprojDrop: Tensor?
-            var all: [Tensor] { [ln1, qkv, att, proj, x1, ln2, fc, gelu, mproj] + [projDrop, mprojDrop].compactMap { $0 } }
-        }
+        // A block's internal activations (every op's output but the last, and the dropped copies): its own, or
+        // (recompute) one set shared by all blocks.
         let dropping = drop > 0 && mode == .train
-        func internals() -> Internals {
-            Internals(ln1: act([B, T, C]), qkv: act([B, T, 3 * C]), att: act([B, T, C]), proj: act([B, T, C]),
-                      x1: act([B, T, C]), ln2: act([B, T, C]), fc: act([B, T, 4 * C]), gelu: act([B, T, 4 * C]),
-                      mproj: act([B, T, C]), projDrop: dropping ? act([B, T, C]) : nil,
-                      mprojDrop: dropping ? act([B, T, C]) : nil)
+        let ops = BlockOp.gpt2
+        func internals() -> [String: Tensor] {
+            var a: [String: Tensor] = [:]
+            for op in ops.dropLast() {
+                a[op.name] = act([B, T, op.width(cfg)])
+                if dropping && op.dropoutSite != nil { a[op.name + ".dropped"] = act([B, T, op.width(cfg)]) }
+            }
+            return a
         }
         let recomputing = recompute && mode == .train
         let shared = recomputing ? internals() : nil
         for l in 0..<L {
-            let n = "h.\(l)."
             let site = UInt64(l) << 8
-            let a = shared ?? internals()
-            // Region of the block's op named j-th from its last in GPT2Config.blockOpsInBackwardOrder.
-            func region(_ j: Int) -> Int { 2 + 6 * (L - 1 - l) + j }
+            var a = shared ?? internals()
+            a[BlockOp.input] = x
+            let output = act([B, T, ops.last!.width(cfg)])
             if recomputing { tape.beginSegment() }
-            tape.record(LayerNormOp(x: x, weight: p.tensor(n + "ln_1.weight"), bias: p.tensor(n + "ln_1.bias"),
-                                    out: a.ln1, arena: arena), completesRegion: region(5))
-            tape.record(LinearOp(x: a.ln1, weight: p.tensor(n + "attn.c_attn.weight"),
-                                 bias: cfg.qkvBias ? p.tensor(n + "attn.c_attn.bias") : nil, out: a.qkv, arena: arena),
-                        completesRegion: region(4))
-            tape.record(CausalSelfAttentionOp(qkv: a.qkv, out: a.att, batch: B, seqLen: T, heads: cfg.nHeads,
-                                              dropRate: mode == .train ? drop : 0, site: site | 1,
-                                              context: ctx, arena: arena))
-            tape.record(LinearOp(x: a.att, weight: p.tensor(n + "attn.c_proj.weight"),
-                                 bias: p.tensor(n + "attn.c_proj.bias"), out: a.proj, arena: arena), completesRegion: region(3))
-            if let d = a.projDrop { tape.record(DropoutOp(x: a.proj, out: d, rate: drop, site: site | 2, context: ctx)) }
-            tape.record(AddOp(a: x, b: a.projDrop ?? a.proj, out: a.x1))
-            tape.record(LayerNormOp(x: a.x1, weight: p.tensor(n + "ln_2.weight"), bias: p.tensor(n + "ln_2.bias"),
-                                    out: a.ln2, arena: arena), completesRegion: region(2))
-            tape.record(LinearOp(x: a.ln2, weight: p.tensor(n + "mlp.c_fc.weight"), bias: p.tensor(n + "mlp.c_fc.bias"),
-                                 out: a.fc, arena: arena), completesRegion: region(1))
-            tape.record(GELUOp(x: a.fc, out: a.gelu))
-            tape.record(LinearOp(x: a.gelu, weight: p.tensor(n + "mlp.c_proj.weight"),
-                                 bias: p.tensor(n + "mlp.c_proj.bias"), out: a.mproj, arena: arena), completesRegion: region(0))
-            if let d = a.mprojDrop { tape.record(DropoutOp(x: a.mproj, out: d, rate: drop, site: site | 3, context: ctx)) }
-            let x2 = act([B, T, C])
-            tape.record(AddOp(a: a.x1, b: a.mprojDrop ?? a.mproj, out: x2))
-            if recomputing { tape.endSegment(shared: a.all, recompute: l < L - 1) }
-            x = x2
+            for (i, op) in ops.enumerated() {
+                let out = i == ops.count - 1 ? output : a[op.name]!
+                let context = BlockOpContext(
+                    inputs: op.inputs.map { a[$0 + ".dropped"] ?? a[$0]! }, out: out,
+                    parameter: { p.tensor(GPT2Config.blockParameterName(l, op.name, $0)) },
+                    hasParameter: { p.layout.entry(GPT2Config.blockParameterName(l, op.name, $0)) != nil },
+                    config: cfg, batch: B, seqLen: T, arena: arena, stepContext: ctx, site: site,
+                    dropRate: mode == .train ? drop : 0)
+                tape.record(op.make(context), completesRegion: region["h.\(l).\(op.name)"])
+                if let d = op.dropoutSite, let dropped = a[op.name + ".dropped"] {
+                    tape.record(DropoutOp(x: out, out: dropped, rate: drop, site: site | d, context: ctx))
+                }
+            }
+            if recomputing {
+                tape.endSegment(shared: ops.dropLast().flatMap { [a[$0.name]!] + (a[$0.name + ".dropped"].map { [$0] } ?? []) },
+                                recompute: l < L - 1)
+            }
+            x = output
         }
         let lnf = act([B, T, C])
         tape.record(LayerNormOp(x: x, weight: p.tensor("ln_f.weight"), bias: p.tensor("ln_f.bias"), out: lnf, arena: arena),
-                    completesRegion: 1)
+                    completesRegion: region["ln_f"])
         if recomputing {
             let ce = ChunkedHeadCrossEntropyOp(x: lnf, wte: p.tensor("wte"), targets: targets, arena: arena)
-            tape.record(ce, completesRegion: 0)
+            tape.record(ce, completesRegion: region["wte"])
             logits = nil
             lossOp = ce
         } else {
             let l = arena.tensor([B, T, V], gradient: mode == .train ? .inPlace : .none)
-            tape.record(TiedHeadOp(x: lnf, wte: p.tensor("wte"), logits: l), completesRegion: 0)
+            tape.record(TiedHeadOp(x: lnf, wte: p.tensor("wte"), logits: l), completesRegion: region["wte"])
             logits = l
             if mode == .logits {
                 lossOp = nil

@@ -1,3 +1,4 @@
+import Common
 import Foundation
 
 /// GPT-2's byte-level BPE tokenizer (OpenAI's r50k/"gpt2" encoding), producing exactly tiktoken's ids.
@@ -99,7 +100,7 @@ public final class GPT2Tokenizer: Sendable {
             defer { counts.deallocate() }
             let job = ParallelJob(storage: storage, text: base, cuts: cuts, out: out, counts: counts,
                                   allowSpecial: allowSpecial)
-            DispatchQueue.concurrentPerform(iterations: pieces) { c in job.run(c) }
+            Parallel.forEach(pieces, workers: pieces) { _, c in job.run(c) }
             var total = 0
             for c in 0..<pieces { total += counts[c] }
             return [Int32](unsafeUninitializedCapacity: total) { dst, initialized in

@@ -68,41 +68,51 @@ final class VocabStorage: @unchecked Sendable {
             throw TokenizerError.invalidVocabulary(path: path, reason: "unsupported vocabulary size \(n)")
         }
         count = n
+        (bytes, offsets) = Self.pack(tokens)
+        (seqSlots, seqMask, byteRank, bytePairRank) = try Self.indexWholeTokens(n, bytes, offsets, path: path)
+        (pairKeys, pairValues, pairMask, pairShift) = Self.indexPairs(n, bytes, offsets, seqSlots, seqMask)
+        let classTable = UnsafeMutablePointer<UInt8>.allocate(capacity: 0x10000)
+        bmpClassTable.withUnsafeBufferPointer { classTable.initialize(from: $0.baseAddress!, count: 0x10000) }
+        classes = classTable
+    }
+
+    /// The tokens' bytes back to back in rank order, and the offset where each starts (plus the end).
+    static func pack(_ tokens: [[UInt8]]) -> (UnsafeMutablePointer<UInt8>, UnsafeMutablePointer<Int32>) {
         let total = tokens.reduce(0) { $0 + $1.count }
-        bytes = .allocate(capacity: max(total, 1))
-        offsets = .allocate(capacity: n + 1)
+        let bytes = UnsafeMutablePointer<UInt8>.allocate(capacity: max(total, 1))
+        let offsets = UnsafeMutablePointer<Int32>.allocate(capacity: tokens.count + 1)
         var off = 0
         for (r, t) in tokens.enumerated() {
             offsets[r] = Int32(off)
             for (k, b) in t.enumerated() { bytes[off + k] = b }
             off += t.count
         }
-        offsets[n] = Int32(off)
+        offsets[tokens.count] = Int32(off)
+        return (bytes, offsets)
+    }
 
-        // Whole-token hash table (load factor < 0.4); slots hold 16-bit ranks (GPT-2 has 50,257 tokens).
-        precondition(n < 0xFFFF, "vocabulary of \(n) tokens: ranks must fit 16 bits")
+    /// The whole-token hash table (load factor < 0.4; slots hold 16-bit ranks, GPT-2 has 50,257 tokens) and the
+    /// ranks of single bytes and byte pairs. Every byte needs a token, and no two tokens may share their bytes.
+    static func indexWholeTokens(_ n: Int, _ bytes: UnsafeMutablePointer<UInt8>, _ offsets: UnsafeMutablePointer<Int32>,
+                                 path: String) throws
+        -> (UnsafeMutablePointer<UInt32>, Int, UnsafeMutablePointer<UInt32>, UnsafeMutablePointer<UInt32>) {
         var seqCap = 1
         while seqCap < n * 5 / 2 { seqCap <<= 1 }
-        seqMask = seqCap - 1
-        seqSlots = .allocate(capacity: seqCap)
+        let seqMask = seqCap - 1
+        let seqSlots = UnsafeMutablePointer<UInt32>.allocate(capacity: seqCap)
         seqSlots.initialize(repeating: UInt32.max, count: seqCap)
-
-        byteRank = .allocate(capacity: 256)
+        let byteRank = UnsafeMutablePointer<UInt32>.allocate(capacity: 256)
         byteRank.initialize(repeating: VocabStorage.none, count: 256)
-        bytePairRank = .allocate(capacity: 65536)
+        let bytePairRank = UnsafeMutablePointer<UInt32>.allocate(capacity: 65536)
         bytePairRank.initialize(repeating: VocabStorage.none, count: 65536)
-        let classTable = UnsafeMutablePointer<UInt8>.allocate(capacity: 0x10000)
-        bmpClassTable.withUnsafeBufferPointer { classTable.initialize(from: $0.baseAddress!, count: 0x10000) }
-        classes = classTable
-
         for r in 0..<n {
             let o = Int(offsets[r])
             let len = Int(offsets[r + 1]) - o
             if len == 1 { byteRank[Int(bytes[o])] = UInt32(r) }
             if len == 2 { bytePairRank[Int(bytes[o]) << 8 | Int(bytes[o + 1])] = UInt32(r) }
             let p = UnsafePointer(bytes + o)
-            if let other = VocabStorage.find(p, len, hashBytes(p, len), bytes, offsets, seqSlots, seqMask) {
-                let hex = tokens[r].map { String(format: "%02x", $0) }.joined()
+            if let other = find(p, len, hashBytes(p, len), bytes, offsets, seqSlots, seqMask) {
+                let hex = (0..<len).map { String(format: "%02x", p[$0]) }.joined()
                 throw TokenizerError.invalidVocabulary(path: path, reason: "ranks \(other) and \(r) have the same bytes (hex \(hex))")
             }
             let h = hashBytes(p, len)
@@ -113,9 +123,14 @@ final class VocabStorage: @unchecked Sendable {
         for b in 0..<256 where byteRank[b] == VocabStorage.none {
             throw TokenizerError.invalidVocabulary(path: path, reason: "no token for the single byte 0x\(String(b, radix: 16))")
         }
+        return (seqSlots, seqMask, byteRank, bytePairRank)
+    }
 
-        // Every split of every token into two tokens: (rank(left), rank(right)) -> rank(token). BPE then looks up the
-        // concatenation of two adjacent parts by their ranks, which is the same as tiktoken's lookup by bytes.
+    /// Every split of every token into two tokens: (rank(left), rank(right)) -> rank(token). BPE then looks up the
+    /// concatenation of two adjacent parts by their ranks, which is the same as tiktoken's lookup by bytes.
+    static func indexPairs(_ n: Int, _ bytes: UnsafeMutablePointer<UInt8>, _ offsets: UnsafeMutablePointer<Int32>,
+                           _ seqSlots: UnsafeMutablePointer<UInt32>, _ seqMask: Int)
+        -> (UnsafeMutablePointer<UInt32>, UnsafeMutablePointer<UInt32>, Int, UInt64) {
         var pairs: [(UInt32, UInt32)] = []  // (key, merged)
         for r in 0..<n {
             let o = Int(offsets[r])
@@ -123,8 +138,8 @@ final class VocabStorage: @unchecked Sendable {
             guard len >= 2 else { continue }
             let p = UnsafePointer(bytes + o)
             for k in 1..<len {
-                guard let a = VocabStorage.find(p, k, hashBytes(p, k), bytes, offsets, seqSlots, seqMask),
-                    let b = VocabStorage.find(p + k, len - k, hashBytes(p + k, len - k), bytes, offsets, seqSlots, seqMask)
+                guard let a = find(p, k, hashBytes(p, k), bytes, offsets, seqSlots, seqMask),
+                    let b = find(p + k, len - k, hashBytes(p + k, len - k), bytes, offsets, seqSlots, seqMask)
                 else { continue }
                 pairs.append((UInt32(a) << 16 | UInt32(b), UInt32(r)))
             }
@@ -135,11 +150,10 @@ final class VocabStorage: @unchecked Sendable {
             pairCap <<= 1
             bits += 1
         }
-        pairMask = pairCap - 1
-        pairShift = 64 - bits
-        pairKeys = .allocate(capacity: pairCap)
+        let pairMask = pairCap - 1, pairShift = 64 - bits
+        let pairKeys = UnsafeMutablePointer<UInt32>.allocate(capacity: pairCap)
         pairKeys.initialize(repeating: UInt32.max, count: pairCap)
-        pairValues = .allocate(capacity: pairCap)
+        let pairValues = UnsafeMutablePointer<UInt32>.allocate(capacity: pairCap)
         pairValues.initialize(repeating: VocabStorage.none, count: pairCap)
         for (key, merged) in pairs {
             var slot = Int(truncatingIfNeeded: (UInt64(key) &* 0x9E37_79B9_7F4A_7C15) >> pairShift)
@@ -147,6 +161,7 @@ final class VocabStorage: @unchecked Sendable {
             pairKeys[slot] = key
             pairValues[slot] = merged
         }
+        return (pairKeys, pairValues, pairMask, pairShift)
     }
 
     @inline(__always)

@@ -142,6 +142,13 @@ enum VocabularyFiles {
     static func parseEncoderJSON(_ jsonData: [UInt8], jsonPath: String, merges mergesData: [UInt8], mergesPath: String)
         throws -> [[UInt8]]
     {
+        let (tokens, byBytes) = try tokensOfEncoderJSON(jsonData, path: jsonPath)
+        try checkMerges(mergesData, path: mergesPath, against: byBytes, jsonPath: jsonPath)
+        return tokens
+    }
+
+    /// encoder.json's tokens in id order (as bytes), and each token's id by its bytes.
+    static func tokensOfEncoderJSON(_ jsonData: [UInt8], path jsonPath: String) throws -> ([[UInt8]], [[UInt8]: Int]) {
         let object: Any
         do {
             object = try JSONSerialization.jsonObject(with: Data(jsonData))
@@ -186,8 +193,11 @@ enum VocabularyFiles {
             throw TokenizerError.invalidVocabulary(
                 path: jsonPath, reason: "expected \(ordinaryTokenCount) distinct tokens with ids 0..<\(ordinaryTokenCount)")
         }
+        return (tokens.map { $0! }, byBytes)
+    }
 
-        // vocab.bpe: "#version: 0.2" then one "left right" merge per line.
+    /// vocab.bpe: "#version: 0.2" then one "left right" merge per line; merge i must make token 256 + i.
+    static func checkMerges(_ mergesData: [UInt8], path mergesPath: String, against byBytes: [[UInt8]: Int], jsonPath: String) throws {
         guard let text = String(validating: mergesData, as: UTF8.self) else {
             throw TokenizerError.invalidVocabulary(path: mergesPath, reason: "not valid UTF-8")
         }
@@ -216,6 +226,5 @@ enum VocabularyFiles {
             throw TokenizerError.invalidVocabulary(
                 path: mergesPath, reason: "expected \(ordinaryTokenCount - 256) merges, found \(mergeIndex)")
         }
-        return tokens.map { $0! }
     }
 }

@@ -1,4 +1,5 @@
 import Autograd
+import Common
 import Foundation
 
 /// AdamW with PyTorch's semantics: p -= lr·wd·p, then the bias-corrected Adam step
@@ -9,7 +10,7 @@ import Foundation
 /// with it. State m and v cover parts of the flat parameter buffer, stored back to back (the whole buffer, or
 /// this rank's parts under ZeRO-1).
 public final class AdamW {
-    public struct Hyper: Codable, Equatable, Sendable {
+    public struct Hyper: Equatable, Sendable {
         public var beta1 = 0.9, beta2 = 0.95, eps = 1e-8, weightDecay = 0.1
         public var embeddingLRScale = 1.0
         public init() {}

@@ -1,7 +1,10 @@
+import Checkpoint
+import Common
 import Data
 import Distributed
 import Foundation
 import GPT2
+import Machine
 
 /// Mean next-token cross-entropy over `batches` consecutive batches of the shared batch order
 /// (batch s starts at token (s mod M)·B·T). Rows of each batch are split over ranks as in training
@@ -22,6 +25,53 @@ public func evaluateLoss(graph: GPT2Graph, data: TokenDataset, batchSize: Int, s
     }
     comm.allReduceSum(&total)
     return total[0] / Double(batches * batchSize * seqLen)
+}
+
+/// `gpt2-dist eval`: a checkpoint's mean loss on token data, in training's batch order, optionally beside count
+/// baselines from a training split.
+public struct Evaluation {
+    public let model: GPT2Model
+    /// The checkpoint's step.
+    public let step: Int
+
+    /// `checkpoint`: a checkpoint file, a `latest` pointer or a run directory (its newest complete checkpoint).
+    public init(checkpoint: String) throws {
+        (model, step) = try ModelFile.load(path: TrainCheckpoint.resolve(checkpoint))
+    }
+
+    public struct Report {
+        public var loss = 0.0, batches = 0, spans = 0, seconds = 0.0
+        /// The count models' losses on the same positions, and the training tokens they were counted on.
+        public var unigram: Double?, bigram: Double?, baselineTrainTokens: Int?
+    }
+
+    /// The loss over `batches` batches (0: every span once), rows split over the ranks of `comm`; the baselines
+    /// (rank 0 only) when `baselines` names training tokens.
+    public func run(tokens: TokenDataset, batchSize: Int, seqLen: Int, batches: Int, baselines: String?,
+                    comm: Communicator) throws -> Report {
+        guard batches >= 0 else { throw GPT2DistError(.usage, "--batches must be 0 (all) or a positive integer, got \(batches)") }
+        guard batchSize > 0, batchSize % comm.size == 0 else {
+            throw GPT2DistError(.usage, "--batch-size \(batchSize) is not divisible by the number of ranks (\(comm.size))")
+        }
+        guard seqLen > 0, seqLen <= model.config.contextLength else {
+            throw GPT2DistError(.usage, "--seq-len \(seqLen) must be in 1...\(model.config.contextLength) (context_length)")
+        }
+        let order = try BatchOrder(tokenCount: tokens.count, batchSize: batchSize, seqLen: seqLen)
+        let graph = GPT2Graph(model: model, batch: batchSize / comm.size, seqLen: seqLen, mode: .evaluate)
+        var report = Report()
+        report.batches = batches == 0 ? order.spans : batches
+        report.spans = order.spans
+        let t0 = Runtime.now()
+        report.loss = try evaluateLoss(graph: graph, data: tokens, batchSize: batchSize, seqLen: seqLen, batches: report.batches, comm: comm)
+        report.seconds = Runtime.now() - t0
+        if let b = baselines, comm.isRoot {
+            let counts = CountBaselines(train: try TokenDataset(spec: b, vocabSize: model.config.vocabSize, preferring: "train"),
+                                        vocabSize: model.config.vocabSize)
+            let l = try counts.losses(data: tokens, batchSize: batchSize, seqLen: seqLen, batches: report.batches)
+            report.unigram = l.unigram; report.bigram = l.bigram; report.baselineTrainTokens = counts.trainTokens
+        }
+        return report
+    }
 }
 
 /// Count-based reference models from a training split, scored on the same positions as the model: a unigram

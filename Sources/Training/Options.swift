@@ -1,91 +1,102 @@
-import ArgumentParser
+import Common
+import Distributed
 import Foundation
 import GPT2
+import Machine
 
-/// Every setting of a training run, each declared once here: its flag, type, default and help. The same
-/// declarations serve the command line, run-config files (JSON objects whose keys are these flag names) and the
-/// `run_config` attribute stored in checkpoints: a file or a stored config is turned into `--name=value`
-/// arguments placed before the command line, and everything is parsed by this one type (later values win).
-public struct TrainOptions: ParsableArguments {
+/// Every setting of a training run. Each is declared once, in `TrainOptions.table`: its flag, value type, help,
+/// and whether a resumed run takes it from its checkpoint. The defaults are this struct's initial values. The
+/// command-line parser, run-config files (JSON objects keyed by the flag names), the `run_config` stored in
+/// checkpoints and `train --help` are all derived from that table.
+public struct TrainOptions: Equatable, Sendable {
+    public var runConfig: String?
+    public var config: String?
+    public var data: String?
+    public var val: String?
+    public var out: String?
+    public var steps = 100
+    public var batchSize = 8
+    public var microBatchSize: Int?
+    public var seqLen = 128
+    public var lr = 6e-4
+    public var minLr = 6e-5
+    public var warmupSteps = 0
+    public var lrSchedule = LRSchedule.Kind.constant
+    public var lrDecaySteps: Int?
+    public var weightDecay = 0.1
+    public var embeddingLrScale = 1.0
+    public var beta1 = 0.9
+    public var beta2 = 0.95
+    public var eps = 1e-8
+    public var gradClip = 1.0
+    public var seed = 1337
+    public var shuffle = false
+    public var initFrom: String?
+    public var resume: String?
+    public var allowDataChange = false
+    public var ckptEvery = 0
+    public var keepCheckpoints = 3
+    public var evalEvery = 0
+    public var evalBatches = 10
+    public var bucketMb = BucketSchedule.defaultBucketMb
+    public var overlap = true
+    public var zero = ZeroStage.off
+    public var recompute = false
+    public var checksumEvery = 50
+    public var maxBadSteps = 5
+    public var threads: Int?
+
     public init() {}
 
-    @Option(help: "Run config: a JSON object with these options' names as keys (flags given here override it).")
-    public var runConfig: String?
-    @Option(help: "Model config JSON (keys vocab_size, context_length, emb_dim, n_heads, n_layers, drop_rate, qkv_bias); optional with --init or --resume.")
-    public var config: String?
-    @Option(help: "Training tokens: an llm.c .bin file, a directory of train_*.bin shards, or a glob.")
-    public var data: String?
-    @Option(help: "Validation tokens: a file, a directory of val_*.bin shards, or a glob.")
-    public var val: String?
-    @Option(help: "Run directory for checkpoints, metrics.h5 and loss.svg.")
-    public var out: String?
-    @Option(help: "Optimizer steps in total.")
-    public var steps = 100
-    @Option(help: "Global batch size in sequences per optimizer step.")
-    public var batchSize = 8
-    @Option(help: "Sequences per rank per forward/backward (default: batch-size / ranks; the rest is gradient accumulation).")
-    public var microBatchSize: Int?
-    @Option(help: "Sequence length in tokens.")
-    public var seqLen = 128
-    @Option(help: "Peak learning rate.")
-    public var lr = 6e-4
-    @Option(help: "Final learning rate of the cosine schedule.")
-    public var minLr = 6e-5
-    @Option(help: "Linear warmup steps.")
-    public var warmupSteps = 0
-    @Option(help: "constant (after warmup; extending a run never changes steps already taken) or cosine (to --min-lr at --lr-decay-steps).")
-    public var lrSchedule = "constant"
-    @Option(help: "Steps over which cosine decays (default: --steps).")
-    public var lrDecaySteps: Int?
-    @Option(help: "AdamW weight decay on matrices and embeddings.")
-    public var weightDecay = 0.1
-    @Option(help: "Learning-rate multiplier for the token embedding (wte, tied with the output head); 1 is GPT-2's single rate.")
-    public var embeddingLrScale = 1.0
-    @Option(help: "AdamW beta1.")
-    public var beta1 = 0.9
-    @Option(help: "AdamW beta2.")
-    public var beta2 = 0.95
-    @Option(help: "AdamW epsilon.")
-    public var eps = 1e-8
-    @Option(help: "Global gradient-norm clip (0: off).")
-    public var gradClip = 1.0
-    @Option(help: "Seed for initialisation, dropout and shuffling.")
-    public var seed = 1337
-    @Flag(inversion: .prefixedNo, exclusivity: .chooseLast, help: "Visit the data's spans in a seeded order (independent of the rank count).")
-    public var shuffle = false
-    @Option(name: [.customLong("init"), .long], help: "Start from the weights of this checkpoint (e.g. an imported GPT-2).")
-    public var initFrom: String?
-    @Option(help: "Resume: alone, the newest complete checkpoint in --out; or a checkpoint file. The run's stored settings apply, then --run-config, then flags.")
-    public var resume: String?
-    @Flag(inversion: .prefixedNo, exclusivity: .chooseLast, help: "With --resume: continue even though --data now holds a different dataset than the checkpoint was trained on (by its manifest id).")
-    public var allowDataChange = false
-    @Option(help: "Checkpoint every N steps (0: only at the end and on preemption).")
-    public var ckptEvery = 0
-    @Option(help: "Keep only the newest N checkpoints (0: keep all).")
-    public var keepCheckpoints = 3
-    @Option(help: "Validation every N steps (0: never).")
-    public var evalEvery = 0
-    @Option(help: "Validation batches per evaluation.")
-    public var evalBatches = 10
-    @Option(help: "Gradient bucket size in MB (buckets are filled in the order backward finishes the gradients).")
-    public var bucketMb = TrainOptions.defaultBucketMb
-    /// Also `gpt2-dist plan`'s default, so the plan models the trainer's buckets.
-    public static let defaultBucketMb = 25.0
-    @Flag(inversion: .prefixedNo, exclusivity: .chooseLast, help: "Overlap the gradient all-reduce with backward.")
-    public var overlap = true
-    @Option(help: "1: shard AdamW state across ranks (ZeRO-1); 0: replicate it.")
-    public var zero = 0
-    @Flag(inversion: .prefixedNo, exclusivity: .chooseLast, help: "Recompute block activations in backward to save memory.")
-    public var recompute = false
-    @Option(help: "Compare a parameter checksum across ranks every N steps (0: never).")
-    public var checksumEvery = 50
-    @Option(help: "Abort after N non-finite steps in a row.")
-    public var maxBadSteps = 5
-    @OptionGroup public var compute: ComputeOptions
+    /// `--resume` alone: the newest complete checkpoint in --out.
+    public static let newestCheckpoint = "latest"
 
-    /// Options that say where a run starts, not how it trains: never taken from a checkpoint's stored settings.
-    /// (`threads` describes the machine, not the run.)
-    static let notRestored: Set<String> = ["run-config", "config", "init-from", "resume", "threads", "allow-data-change"]
+    /// The table. Options marked `.startsRun` say where a run starts, not how it trains (`threads` describes the
+    /// machine): a resumed run never takes them from its checkpoint.
+    public static let table: [TrainOption] = [
+        .value("run-config", \.runConfig, "Run config: a JSON object with these options' names as keys (flags given here override it).", .startsRun),
+        .value("config", \.config, "Model config JSON (keys vocab_size, context_length, emb_dim, n_heads, n_layers, drop_rate, qkv_bias); optional with --init or --resume.", .startsRun),
+        .value("data", \.data, "Training tokens: an llm.c .bin file, a directory of train_*.bin shards, or a glob."),
+        .value("val", \.val, "Validation tokens: a file, a directory of val_*.bin shards, or a glob."),
+        .value("out", \.out, "Run directory for checkpoints, metrics.h5, status.json and loss.svg."),
+        .value("steps", \.steps, "Optimizer steps in total."),
+        .value("batch-size", \.batchSize, "Global batch size in sequences per optimizer step."),
+        .value("micro-batch-size", \.microBatchSize, "Sequences per rank per forward/backward (default: batch-size / ranks; the rest is gradient accumulation)."),
+        .value("seq-len", \.seqLen, "Sequence length in tokens."),
+        .value("lr", \.lr, "Peak learning rate."),
+        .value("min-lr", \.minLr, "Final learning rate of the cosine schedule."),
+        .value("warmup-steps", \.warmupSteps, "Linear warmup steps."),
+        .value("lr-schedule", \.lrSchedule, "constant (after warmup; extending a run never changes steps already taken) or cosine (to --min-lr at --lr-decay-steps)."),
+        .value("lr-decay-steps", \.lrDecaySteps, "Steps over which cosine decays (default: --steps)."),
+        .value("weight-decay", \.weightDecay, "AdamW weight decay on matrices and embeddings."),
+        .value("embedding-lr-scale", \.embeddingLrScale, "Learning-rate multiplier for the token embedding (wte, tied with the output head); 1 is GPT-2's single rate."),
+        .value("beta1", \.beta1, "AdamW beta1."),
+        .value("beta2", \.beta2, "AdamW beta2."),
+        .value("eps", \.eps, "AdamW epsilon."),
+        .value("grad-clip", \.gradClip, "Global gradient-norm clip (0: off)."),
+        .value("seed", \.seed, "Seed for initialisation, dropout and shuffling."),
+        .flag("shuffle", \.shuffle, "Visit the data's spans in a seeded order (independent of the rank count)."),
+        .value("init-from", aliases: ["init"], \.initFrom, "Start from the weights of this checkpoint (e.g. an imported GPT-2).", .startsRun),
+        .value("resume", \.resume, "Resume: alone, the newest complete checkpoint in --out; or a checkpoint file. The run's stored settings apply, then --run-config, then flags.", .startsRun, bare: newestCheckpoint),
+        .flag("allow-data-change", \.allowDataChange, "With --resume: continue even though --data now holds a different dataset than the checkpoint was trained on (by its manifest id).", .startsRun),
+        .value("ckpt-every", \.ckptEvery, "Checkpoint every N steps (0: only at the end and on preemption)."),
+        .value("keep-checkpoints", \.keepCheckpoints, "Keep only the newest N checkpoints (0: keep all)."),
+        .value("eval-every", \.evalEvery, "Validation every N steps (0: never)."),
+        .value("eval-batches", \.evalBatches, "Validation batches per evaluation."),
+        .value("bucket-mb", \.bucketMb, "Gradient bucket size in MB (buckets are filled in the order backward finishes the gradients)."),
+        .flag("overlap", \.overlap, "Overlap the gradient all-reduce with backward."),
+        .value("zero", \.zero, "1: shard AdamW state across ranks (ZeRO-1); 0: replicate it."),
+        .flag("recompute", \.recompute, "Recompute block activations in backward to save memory."),
+        .value("checksum-every", \.checksumEvery, "Compare a parameter checksum across ranks every N steps (0: never)."),
+        .value("max-bad-steps", \.maxBadSteps, "Abort after N non-finite steps in a row."),
+        .value("threads", \.threads, "Threads for BLAS and kernels per rank (default: cores / ranks on this node).", .startsRun),
+    ]
+
+    static let byName: [String: TrainOption] = {
+        var map: [String: TrainOption] = [:]
+        for option in table { for name in [option.name] + option.aliases { map[name] = option } }
+        return map
+    }()
 
     // MARK: layering
 
@@ -94,145 +105,120 @@ public struct TrainOptions: ParsableArguments {
     /// `storedSettings` reads the stored JSON of the checkpoint `--resume` picks (nil when there is none).
     public static func resolve(commandLine: [String],
                                storedSettings: (_ resume: String, _ out: String?) throws -> String?) throws -> TrainOptions {
-        let given = try parsing(commandLine, source: "command line")
-        let fromFile = try given.runConfig.map { try arguments(fromRunConfigFile: $0) } ?? []
-        var options = try parsing(fromFile + commandLine, source: "command line")
-        if let resume = options.resume, let stored = try storedSettings(resume, options.out) {
-            let restored = try arguments(fromJSON: Data(stored.utf8), source: "the checkpoint's run_config", strict: false)
-            options = try parsing(restored + fromFile + commandLine, source: "command line")
+        let flags = try TrainOptions().applying(arguments: commandLine)
+        let file = try flags.runConfig.map { path -> [String: JSONValue] in
+            guard let data = FileManager.default.contents(atPath: path) else { throw GPT2DistError(.usage, "cannot read run config \(path)") }
+            return try settingsObject(data, source: path)
         }
-        return options
-    }
-
-    /// Defaults with `arguments` applied (tests and tools).
-    public static func parsing(_ arguments: [String], source: String = "arguments") throws -> TrainOptions {
-        do { return try parse(arguments) } catch {
-            let message = TrainOptions.message(for: error).split(separator: "\n").first.map(String.init) ?? "\(error)"
-            throw TrainError("\(source): \(message)")
+        func layered(over base: TrainOptions) throws -> TrainOptions {
+            var o = base
+            if let file { o = try o.applying(json: file, source: flags.runConfig!, strict: true) }
+            return try o.applying(arguments: commandLine)
         }
+        let options = try layered(over: TrainOptions())
+        guard let resume = options.resume, let stored = try storedSettings(resume, options.out) else { return options }
+        let restored = try TrainOptions().applying(json: try settingsObject(Data(stored.utf8), source: "the checkpoint's run_config"),
+                                                   source: "the checkpoint's run_config", strict: false)
+        return try layered(over: restored)
     }
 
-    public static func arguments(fromRunConfigFile path: String) throws -> [String] {
-        guard let data = FileManager.default.contents(atPath: path) else { throw TrainError("cannot read run config \(path)") }
-        return try arguments(fromJSON: data, source: path, strict: true)
+    /// These settings with command-line arguments applied: `--name value`, `--name=value`, `--flag`, `--no-flag`.
+    public func applying(arguments: [String], source: String = "command line") throws -> TrainOptions {
+        var o = self, i = 0
+        func fail(_ message: String) -> GPT2DistError { GPT2DistError(.usage, "\(source): \(message) (see gpt2-dist train --help)") }
+        while i < arguments.count {
+            let argument = arguments[i]
+            i += 1
+            guard argument.hasPrefix("--"), argument.count > 2 else { throw fail("unexpected argument '\(argument)'") }
+            let body = argument.dropFirst(2)
+            let (name, inline) = body.firstIndex(of: "=").map { (String(body[..<$0]), String(body[body.index(after: $0)...])) }
+                ?? (String(body), nil)
+            if let option = Self.byName[name] {
+                var value = inline
+                if value == nil && option.takesValue {
+                    // A value never starts with "--" (negative numbers are values: --steps -1 reaches the range check).
+                    if i < arguments.count, !arguments[i].hasPrefix("--") { value = arguments[i]; i += 1 }
+                    else if let bare = option.bareValue { value = bare }
+                    else { throw fail("missing value for --\(name)") }
+                }
+                try option.set(&o, .argument(value), "--\(name)")
+            } else if name.hasPrefix("no-"), let option = Self.byName[String(name.dropFirst(3))], !option.takesValue, inline == nil {
+                try option.set(&o, .negated, argument)
+            } else {
+                throw fail("unknown option '--\(name)'")
+            }
+        }
+        return o
     }
 
-    /// `--name=value` arguments for a JSON object of settings. Strict (a user's file): unknown keys, null and values
+    /// These settings with a JSON object of settings applied. Strict (a user's file): unknown keys, null and values
     /// of the wrong type are errors naming the key. Not strict (a checkpoint's own settings, possibly written by
-    /// another version): keys this version does not know are skipped, and so are the `notRestored` ones.
-    static func arguments(fromJSON data: Data, source: String, strict: Bool) throws -> [String] {
-        guard let object = (try? JSONValue.parse(data))?.object else {
-            throw TrainError("\(source): malformed JSON (expected an object of option names and values)")
-        }
-        let kinds = Dictionary(uniqueKeysWithValues: Self.declared.map { ($0.name, $0.kind) })
-        var out: [String] = []
+    /// another version): keys this version does not know are skipped, and so are the ones that start a run.
+    public func applying(json object: [String: JSONValue], source: String, strict: Bool) throws -> TrainOptions {
+        var o = self
         for (key, value) in object.sorted(by: { $0.key < $1.key }) {
-            let name = Self.canonicalName[key]
-            if !strict && (name == nil || Self.notRestored.contains(name!)) { continue }
-            guard let name, name != "run-config", let kind = kinds[name] else {
-                throw TrainError("\(source): unknown run option \"\(key)\" (see gpt2-dist train --help)")
+            let option = Self.byName[key]
+            if !strict && (option == nil || option!.startsRun) { continue }
+            guard let option, option.name != "run-config" else {
+                throw GPT2DistError(.usage, "\(source): unknown run option \"\(key)\" (see gpt2-dist train --help)")
             }
-            func bad(_ expected: String) -> TrainError {
-                TrainError("\(source): \"\(key)\" must be \(expected), got \(value)")
-            }
-            switch (kind, value) {
-            case (_, .null): throw bad(kind.expected + " (leave the key out for the default)")
-            case (.flag, .bool(let b)): out.append(b ? "--\(name)" : "--no-\(name)")
-            case (.int, _): guard let i = value.int else { throw bad(kind.expected) }; out.append("--\(name)=\(i)")
-            case (.double, .number(let d)): out.append("--\(name)=\(d)")
-            case (.string, .string(let s)): out.append("--\(name)=\(s)")
-            default: throw bad(kind.expected)
-            }
-            // Each value alone, so an error names the file and the key rather than the merged argument list.
-            _ = try parsing([out.last!], source: "\(source): \"\(key)\"")
+            try option.set(&o, .json(value), "\(source): \"\(key)\"")
         }
-        return out
+        return o
     }
 
-    // MARK: the declarations, read back
-
-    enum Kind {
-        case int, double, string, flag
-        var expected: String {
-            switch self {
-            case .int: return "an integer"
-            case .double: return "a number"
-            case .string: return "a string"
-            case .flag: return "true or false"
-            }
+    static func settingsObject(_ data: Data, source: String) throws -> [String: JSONValue] {
+        guard let object = (try? JSONValue.parse(data))?.object else {
+            throw GPT2DistError(.usage, "\(source): malformed JSON (expected an object of option names and values)")
         }
+        return object
     }
 
-    struct Declared { let name: String; let kind: Kind; let value: Any }
-
-    /// Every option of this type with its flag name, kind and value, read from the property wrappers themselves
-    /// (in declaration order; option groups flattened). The name is the property's, in kebab case, which is also
-    /// ArgumentParser's long name for it.
-    var declared: [Declared] {
-        func walk(_ subject: Any) -> [Declared] {
-            Mirror(reflecting: subject).children.flatMap { child -> [Declared] in
-                guard let label = child.label, let wrapper = child.value as? ParsedValue else { return [] }
-                if wrapper.isGroup { return walk(wrapper.anyValue) }
-                let name = Self.kebab(String(label.drop { $0 == "_" }))
-                return [Declared(name: name, kind: Self.kind(of: wrapper.anyValue), value: wrapper.anyValue)]
-            }
-        }
-        return walk(self)
-    }
-
-    static var declared: [Declared] { defaults.declared }
-    static let defaults = try! TrainOptions.parse([])  // parsing no arguments cannot fail
-
-    /// Each long name the parser accepts, mapped to the declared name of its option (`init` -> `init-from`).
-    static let canonicalName: [String: String] = {
-        let names = Set(declared.map(\.name))
-        var map = Dictionary(uniqueKeysWithValues: names.map { ($0, $0) })
-        let tool = try? JSONValue.parse(Data(TrainOptions._dumpHelp().utf8))
-        for arg in tool?.object?["command"]?.object?["arguments"]?.array ?? [] {
-            let longs = (arg.object?["names"]?.array ?? []).compactMap { n in
-                n.object?["kind"]?.string == "long" ? n.object?["name"]?.string : nil
-            }
-            if let canonical = longs.first(where: names.contains) { for n in longs { map[n] = canonical } }
-        }
-        return map
-    }()
-
-    static func kebab(_ camel: String) -> String {
-        camel.reduce(into: "") { s, c in
-            if c.isUppercase { s += "-" + c.lowercased() } else { s.append(c) }
-        }
-    }
-
-    static func kind(of value: Any) -> Kind {
-        let t = String(describing: type(of: value))
-        if t.contains("Bool") { return .flag }
-        if t.contains("Int") { return .int }
-        if t.contains("Double") { return .double }
-        return .string
-    }
-
-    /// The settings as a JSON object (unset optional values left out), as stored in checkpoints' run_config.
+    /// The settings as a JSON object keyed by flag name (unset optional values left out), as stored in checkpoints'
+    /// run_config; `applying(json:)` reads it back.
     public var json: String {
         var object: [String: JSONValue] = [:]
-        for d in declared where d.name != "run-config" {
-            switch d.value {
-            case let b as Bool: object[d.name] = .bool(b)
-            case let i as Int: object[d.name] = .number(Double(i))
-            case let x as Double: object[d.name] = x.isFinite ? .number(x) : .string(String(x))
-            case let s as String: object[d.name] = .string(s)
-            default: continue  // nil
-            }
-        }
+        for option in Self.table where option.name != "run-config" { object[option.name] = option.get(self) }
         return JSONValue.object(object).json
+    }
+
+    /// `train --help`'s list of options, wrapped at `columns`, each with its default.
+    public static func helpMessage(columns: Int = 100) -> String {
+        let defaults = TrainOptions()
+        let indent = 26
+        return table.map { option in
+            var head = "  --" + option.name + (option.bareValue != nil ? " [<\(option.valueName)>]" : option.takesValue ? " <\(option.valueName)>" : "")
+            if !option.takesValue { head = "  --[no-]" + option.name }
+            var help = option.help
+            switch option.get(defaults) {
+            case .bool(true)?: help += " (default: on)"
+            case .string(let s)?: help += " (default: \(s))"
+            case let d? where d.number != nil: help += " (default: \(d.json))"
+            default: break
+            }
+            if !option.aliases.isEmpty { help += " Also --" + option.aliases.joined(separator: ", --") + "." }
+            let lines = wrap(help, width: max(20, columns - indent))
+            let first = head.count < indent - 1 ? head.padding(toLength: indent, withPad: " ", startingAt: 0) + lines[0]
+                                                 : head + "\n" + String(repeating: " ", count: indent) + lines[0]
+            return ([first] + lines.dropFirst().map { String(repeating: " ", count: indent) + $0 }).joined(separator: "\n")
+        }.joined(separator: "\n")
+    }
+
+    static func wrap(_ text: String, width: Int) -> [String] {
+        var lines: [String] = [], line = ""
+        for word in text.split(separator: " ") {
+            if !line.isEmpty && line.count + 1 + word.count > width { lines.append(line); line = "" }
+            line += (line.isEmpty ? "" : " ") + word
+        }
+        return lines + [line]
     }
 
     // MARK: validation
 
     /// Checks every value that does not depend on the model or the data; throws a one-line error.
-    /// (Not ArgumentParser's `validate`: a missing --data is fine while layering, and errors must be one line.)
     public func checkValues() throws {
         func require(_ ok: Bool, _ message: @autoclosure () -> String) throws {
-            if !ok { throw TrainError(message()) }
+            if !ok { throw GPT2DistError(.usage, message()) }
         }
         func positive(_ v: Int, _ flag: String) throws { try require(v > 0, "--\(flag) must be a positive integer, got \(v)") }
         func nonNegative(_ v: Int, _ flag: String) throws { try require(v >= 0, "--\(flag) must be 0 or more, got \(v)") }
@@ -248,7 +234,6 @@ public struct TrainOptions: ParsableArguments {
         try finite(lr, "lr", "> 0", { $0 > 0 })
         try finite(minLr, "min-lr", ">= 0", { $0 >= 0 })
         try nonNegative(warmupSteps, "warmup-steps")
-        try require(LRSchedule.Kind(rawValue: lrSchedule) != nil, "--lr-schedule must be constant or cosine, got \(lrSchedule)")
         if let d = lrDecaySteps { try positive(d, "lr-decay-steps") }
         try finite(weightDecay, "weight-decay", ">= 0", { $0 >= 0 })
         try finite(embeddingLrScale, "embedding-lr-scale", "> 0", { $0 > 0 })
@@ -263,53 +248,118 @@ public struct TrainOptions: ParsableArguments {
         try nonNegative(evalBatches, "eval-batches")
         // A bucket of at least one float and at most 64 GiB (its float count must fit an MPI count).
         try finite(bucketMb, "bucket-mb", "in (0, 65536]", { $0 * 1_048_576 / 4 >= 1 && $0 <= 65536 })
-        try require(zero == 0 || zero == 1, "--zero must be 0 or 1, got \(zero)")
         try nonNegative(checksumEvery, "checksum-every")
         try positive(maxBadSteps, "max-bad-steps")
-        try compute.validateThreads()
+        try Runtime.checkThreads(threads)
     }
 }
 
-/// Options shared by every command that computes.
-public struct ComputeOptions: ParsableArguments {
-    public init() {}
+/// ZeRO stage of the optimizer state: replicated on every rank, or sharded across them (ZeRO-1).
+public enum ZeroStage: Int, Sendable, CaseIterable {
+    case off = 0, optimizer = 1
+}
 
-    @Option(help: "Threads for BLAS and kernels per rank (default: cores / ranks on this node).")
-    public var threads: Int?
+/// One row of the option table: a flag name bound to a property of `TrainOptions` through a key path, with the
+/// conversions from a command-line word and from a JSON value derived from the property's type.
+public struct TrainOption {
+    public let name: String, aliases: [String], help: String
+    /// With `.startsRun`: never taken from a checkpoint's stored settings.
+    public let startsRun: Bool
+    /// A value option (else an on/off flag with a --no- form), and the value an option given alone takes.
+    let takesValue: Bool, bareValue: String?, valueName: String
+    let set: (inout TrainOptions, Input, _ context: String) throws -> Void
+    let get: (TrainOptions) -> JSONValue?
 
-    public func validateThreads() throws {
-        guard let t = threads else { return }
-        let cores = Runtime.nodeCores
-        guard t >= 1 && t <= cores else {
-            throw TrainError("--threads must be between 1 and the \(cores) cores of this machine, got \(t)")
+    public enum Restore: Sendable { case startsRun }
+    enum Input { case argument(String?), json(JSONValue), negated }
+
+    static func value<V: OptionValue>(_ name: String, aliases: [String] = [], _ path: WritableKeyPath<TrainOptions, V>,
+                                      _ help: String, _ restore: Restore? = nil, bare: String? = nil) -> TrainOption {
+        TrainOption(name: name, aliases: aliases, help: help, startsRun: restore != nil, takesValue: true, bareValue: bare,
+                    valueName: V.valueName, set: { o, input, context in o[keyPath: path] = try V.read(input, context) },
+                    get: { $0[keyPath: path].json })
+    }
+
+    static func value<V: OptionValue>(_ name: String, aliases: [String] = [], _ path: WritableKeyPath<TrainOptions, V?>,
+                                      _ help: String, _ restore: Restore? = nil, bare: String? = nil) -> TrainOption {
+        TrainOption(name: name, aliases: aliases, help: help, startsRun: restore != nil, takesValue: true, bareValue: bare,
+                    valueName: V.valueName, set: { o, input, context in o[keyPath: path] = try V.read(input, context) },
+                    get: { $0[keyPath: path]?.json })
+    }
+
+    static func flag(_ name: String, _ path: WritableKeyPath<TrainOptions, Bool>, _ help: String,
+                     _ restore: Restore? = nil) -> TrainOption {
+        TrainOption(name: name, aliases: [], help: help, startsRun: restore != nil, takesValue: false, bareValue: nil,
+                    valueName: "", set: { o, input, context in
+                        switch input {
+                        case .argument(nil): o[keyPath: path] = true
+                        case .negated: o[keyPath: path] = false
+                        case .json(.bool(let b)): o[keyPath: path] = b
+                        case .json(let v): throw GPT2DistError(.usage, "\(context) must be true or false, got \(v)")
+                        case .argument(let v?): throw GPT2DistError(.usage, "\(context): a flag takes no value, got '\(v)'")
+                        }
+                    }, get: { .bool($0[keyPath: path]) })
+    }
+}
+
+/// A type an option's value can have: read from a command-line word or a JSON value, written back as JSON.
+protocol OptionValue {
+    static var valueName: String { get }
+    static var expected: String { get }
+    init?(word: String)
+    init?(json: JSONValue)
+    var json: JSONValue { get }
+}
+
+extension OptionValue {
+    static func read(_ input: TrainOption.Input, _ context: String) throws -> Self {
+        switch input {
+        case .argument(let word?):
+            guard let v = Self(word: word) else { throw GPT2DistError(.usage, "\(context): '\(word)' is not \(expected)") }
+            return v
+        case .json(.null): throw GPT2DistError(.usage, "\(context) must be \(expected) (leave the key out for the default), got null")
+        case .json(let value):
+            guard let v = Self(json: value) else { throw GPT2DistError(.usage, "\(context) must be \(expected), got \(value)") }
+            return v
+        case .argument(nil), .negated: throw GPT2DistError(.usage, "\(context) needs a value")
         }
     }
-
-    /// Sets the thread count (validated) and returns it.
-    @discardableResult
-    public func apply() throws -> Int {
-        try validateThreads()
-        let n = threads ?? Runtime.defaultThreads(localRanks: Runtime.localRanks)
-        Runtime.setThreads(max(1, n))
-        return n
-    }
 }
 
-/// Reads the value out of ArgumentParser's property wrappers (valid once parsed).
-protocol ParsedValue {
-    var anyValue: Any { get }
-    var isGroup: Bool { get }
-}
-extension ParsedValue { var isGroup: Bool { false } }
-extension Option: ParsedValue { var anyValue: Any { wrappedValue } }
-extension Flag: ParsedValue { var anyValue: Any { wrappedValue } }
-extension OptionGroup: ParsedValue {
-    var anyValue: Any { wrappedValue }
-    var isGroup: Bool { true }
+extension Int: OptionValue {
+    static var valueName: String { "n" }
+    static var expected: String { "an integer" }
+    init?(word: String) { self.init(word) }
+    init?(json: JSONValue) { guard let i = json.int else { return nil }; self = i }
+    var json: JSONValue { .number(Double(self)) }
 }
 
-public struct TrainError: Error, CustomStringConvertible {
-    public let message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
+extension Double: OptionValue {
+    static var valueName: String { "x" }
+    static var expected: String { "a number" }
+    init?(word: String) { self.init(word as String) }
+    init?(json: JSONValue) { guard let d = json.number else { return nil }; self = d }
+    var json: JSONValue { isFinite ? .number(self) : .string(String(self)) }
 }
+
+extension String: OptionValue {
+    static var valueName: String { "value" }
+    static var expected: String { "a string" }
+    init?(word: String) { self = word }
+    init?(json: JSONValue) { guard let s = json.string else { return nil }; self = s }
+    var json: JSONValue { .string(self) }
+}
+
+/// Options with a fixed set of values (`--lr-schedule`, `--zero`): the raw values are the accepted words.
+protocol ChoiceValue: OptionValue, CaseIterable, RawRepresentable where RawValue: OptionValue {}
+
+extension ChoiceValue {
+    static var valueName: String { allCases.map { "\($0.rawValue)" }.joined(separator: "|") }
+    static var expected: String { "one of " + allCases.map { "\($0.rawValue)" }.joined(separator: ", ") }
+    init?(word: String) { guard let raw = RawValue(word: word) else { return nil }; self.init(rawValue: raw) }
+    init?(json: JSONValue) { guard let raw = RawValue(json: json) else { return nil }; self.init(rawValue: raw) }
+    var json: JSONValue { rawValue.json }
+}
+
+extension LRSchedule.Kind: ChoiceValue {}
+extension ZeroStage: ChoiceValue {}

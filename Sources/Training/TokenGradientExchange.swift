@@ -1,6 +1,8 @@
 import Autograd
+import Common
 import Distributed
 import Foundation
+import Machine
 
 /// The token embedding's share of the tied wte gradient, summed over ranks apart from wte's dense part.
 ///

@@ -1,9 +1,12 @@
 import Autograd
 import Checkpoint
+import Common
 import Data
 import Distributed
 import Foundation
 import GPT2
+import Machine
+import Planning
 
 /// Data-parallel training: every rank holds the full model, runs its rows of the global batch,
 /// gradients are summed over ranks in buckets (overlapping backward), and every rank applies the same
@@ -20,26 +23,40 @@ public final class Trainer {
         o = options; self.comm = comm; self.log = log
     }
 
-    /// Runs the whole job; returns normally on completion or preemption.
+    /// Runs the whole job; returns normally on completion or preemption. Once the run has started, rank 0 keeps
+    /// OUT/status.json saying where it stands (running, finished, stopped with a checkpoint, failed).
     public func run() throws {
         let plan = try agreed { try validate() }
         let state = try build(plan)
         try restore(state, plan)
         announce(state, plan)
+        try agreed { try writeStatus(state, .running, reason: "training") }
         StopSignal.install()
+        do {
+            let (outcome, reason) = try train(state, plan)
+            try finish(state, outcome, reason: reason)
+        } catch {
+            if comm.isRoot { try? writeStatus(state, .failed, reason: "\(error)") }
+            throw error
+        }
+    }
+
+    /// The loop: step until --steps or a stop signal, validating and checkpointing on the way.
+    func train(_ state: State, _ plan: Plan) throws -> (RunStatus.State, String) {
         while state.step < o.steps {
             let stats = try trainStep(state, plan)
             report(stats, state, plan)
+            if Self.injectedDriftStep == state.step && comm.rank == comm.size - 1 { injectDrift(state) }
             if o.checksumEvery > 0 && state.step % o.checksumEvery == 0 { try checkReplicas(state) }
             if let signal = stats.stopSignal {
                 if comm.isRoot { log("  \(StopSignal.describe(signal)) received by a rank: stopping after step \(state.step)") }
                 try checkpoint(state)
-                return
+                return (.stopped, StopSignal.describe(signal))
             }
             if o.evalEvery > 0 && (state.step % o.evalEvery == 0 || state.step == o.steps) { try validateLoss(state, plan) }
             if (o.ckptEvery > 0 && state.step % o.ckptEvery == 0) || state.step == o.steps { try checkpoint(state) }
         }
-        finish(state)
+        return (.finished, "reached --steps \(o.steps)")
     }
 
     // MARK: 1. validate
@@ -62,32 +79,32 @@ public final class Trainer {
         try o.checkValues()
         let n = comm.size, out = o.out!
         guard o.batchSize % n == 0 else {
-            throw TrainError("--batch-size \(o.batchSize) is not divisible by the number of ranks (\(n))")
+            throw GPT2DistError(.training, "--batch-size \(o.batchSize) is not divisible by the number of ranks (\(n))")
         }
         let micro = o.microBatchSize ?? o.batchSize / n
         guard o.batchSize % (micro * n) == 0 else {
-            throw TrainError("--batch-size \(o.batchSize) must equal micro-batch (\(micro)) x ranks (\(n)) x accumulation steps")
+            throw GPT2DistError(.training, "--batch-size \(o.batchSize) must equal micro-batch (\(micro)) x ranks (\(n)) x accumulation steps")
         }
-        guard o.resume == nil || o.initFrom == nil else { throw TrainError("--resume and --init cannot be combined") }
+        guard o.resume == nil || o.initFrom == nil else { throw GPT2DistError(.training, "--resume and --init cannot be combined") }
 
         // Resume: an explicit file, or every complete checkpoint in --out, newest first (a damaged one falls back).
         let candidates = o.resume.map { TrainCheckpoint.resumeCandidates($0, out: out) } ?? []
-        guard o.resume == nil || !candidates.isEmpty else { throw TrainError("--resume: no complete checkpoint in \(out)") }
+        guard o.resume == nil || !candidates.isEmpty else { throw GPT2DistError(.training, "--resume: no complete checkpoint in \(out)") }
 
         var config: GPT2Config?
         if let path = o.config { config = try GPT2Config.load(path: path) }
         for (flag, path) in [("--resume", candidates.first), ("--init", o.initFrom)] {
             guard let path else { continue }
             let c: GPT2Config
-            do { c = try TrainCheckpoint.readConfig(path: path) } catch { throw TrainError("\(flag) \(path): \(error)") }
+            do { c = try TrainCheckpoint.readConfig(path: path) } catch { throw GPT2DistError(.training, "\(flag) \(path): \(error)") }
             if let given = config, given != c {
-                throw TrainError("\(flag) \(path): its model config differs from --config \(o.config!)")
+                throw GPT2DistError(.training, "\(flag) \(path): its model config differs from --config \(o.config!)")
             }
             config = c
         }
-        guard let config else { throw TrainError("--config is required (or --init/--resume to take it from a checkpoint)") }
+        guard let config else { throw GPT2DistError(.training, "--config is required (or --init/--resume to take it from a checkpoint)") }
         guard o.seqLen <= config.contextLength else {
-            throw TrainError("--seq-len \(o.seqLen) exceeds the model's context_length \(config.contextLength)")
+            throw GPT2DistError(.training, "--seq-len \(o.seqLen) exceeds the model's context_length \(config.contextLength)")
         }
         let hashShare = (index: comm.rank, of: n)
         let (train, trainManifest) = try openTokens(o.data!, preferring: "train", vocabSize: config.vocabSize, hashShare: hashShare)
@@ -101,20 +118,19 @@ public final class Trainer {
         if let newest = candidates.first, !o.allowDataChange, let trained = try? TrainCheckpoint.readDataIdentity(path: newest) {
             guard trainManifest?.id == trained else {
                 let now = trainManifest.map { "dataset \($0.id.prefix(12))" } ?? "shards without a manifest.json"
-                throw TrainError("--resume: \(newest) was trained on dataset \(trained.prefix(12)), but --data \(o.data!) now holds "
+                throw GPT2DistError(.training, "--resume: \(newest) was trained on dataset \(trained.prefix(12)), but --data \(o.data!) now holds "
                     + "\(now); pass --allow-data-change to continue on this data")
             }
         }
         // Output directory: must be writable; never overwrite an existing run unless resuming it.
         do { try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true) } catch {
-            throw TrainError("cannot create --out directory \(out)")
+            throw GPT2DistError(.training, "cannot create --out directory \(out)")
         }
-        guard access(out, W_OK) == 0 else { throw TrainError("--out directory \(out) is not writable") }
+        guard access(out, W_OK) == 0 else { throw GPT2DistError(.training, "--out directory \(out) is not writable") }
         if candidates.isEmpty && !TrainCheckpoint.list(directory: out).isEmpty {
-            throw TrainError("\(out) already holds checkpoints; pass --resume to continue that run or choose another --out")
+            throw GPT2DistError(.training, "\(out) already holds checkpoints; pass --resume to continue that run or choose another --out")
         }
-        let kind = LRSchedule.Kind(rawValue: o.lrSchedule)!  // checked by checkValues
-        let schedule = LRSchedule(kind: kind, lr: o.lr, minLR: o.minLr, warmupSteps: o.warmupSteps, totalSteps: o.lrDecaySteps ?? o.steps)
+        let schedule = LRSchedule(kind: o.lrSchedule, lr: o.lr, minLR: o.minLr, warmupSteps: o.warmupSteps, totalSteps: o.lrDecaySteps ?? o.steps)
         return Plan(config: config, train: train, val: val, micro: micro, accumulation: o.batchSize / (micro * n),
                     resumeCandidates: candidates, initPath: o.initFrom, schedule: schedule, dataIdentity: trainManifest?.id)
     }
@@ -148,6 +164,7 @@ public final class Trainer {
         var badSteps = 0   // non-finite steps in a row
         var resumedFrom: String?
         var metricsWarned = false
+        var checkpointName: String?, checkpointStep: Int?  // the newest checkpoint of this run directory
         let started = Runtime.now()
         var timedSteps = 0, timedSeconds = 0.0
 
@@ -167,7 +184,7 @@ public final class Trainer {
         // wte's dense part goes first: the token embedding's rows are held back and summed apart (TokenGradientExchange).
         let schedule = BucketSchedule(regions: cfg.gradientRegions, bucketFloats: Int(o.bucketMb * 1_048_576 / 4))
         let sharding = OptimizerSharding(schedule: schedule, total: cfg.parameterCount, ranks: n, rank: comm.rank,
-                                         sharded: o.zero == 1 && n > 1)
+                                         sharded: o.zero == .optimizer && n > 1)
         let model = GPT2Model(config: cfg)
         let optimizer = AdamW(layout: model.parameters.layout, parts: sharding.mine, hyper: {
             var h = AdamW.Hyper(); h.beta1 = o.beta1; h.beta2 = o.beta2; h.eps = o.eps; h.weightDecay = o.weightDecay
@@ -216,6 +233,11 @@ public final class Trainer {
         comm.broadcast(&counters)
         s.step = Int(counters[0]); s.tokensSeen = Int(counters[1]); s.firstStep = s.step
         s.resumedFrom = reader?.path
+        if let path = reader?.path, URL(fileURLWithPath: path).deletingLastPathComponent().standardizedFileURL
+            == URL(fileURLWithPath: o.out!).standardizedFileURL {
+            s.checkpointName = URL(fileURLWithPath: path).lastPathComponent
+            s.checkpointStep = s.step
+        }
         guard counters[2] > 0 else { return }
         var failure: String?
         let scratch = FloatBuffer(count: s.largestTensor)
@@ -228,7 +250,7 @@ public final class Trainer {
             }
         }
         reader?.close()
-        if let message = comm.agreeOnFailure(failure) { throw TrainError(message) }
+        if let message = comm.agreeOnFailure(failure) { throw GPT2DistError(.training, message) }
     }
 
     /// The first candidate whose every dataset reads back with a valid checksum; each one skipped is reported.
@@ -246,7 +268,7 @@ public final class Trainer {
                 if o.resume != TrainCheckpoint.newestInOut { throw error }
             }
         }
-        throw TrainError("--resume: no usable checkpoint in \(o.out!): " + problems.joined(separator: "; "))
+        throw GPT2DistError(.training, "--resume: no usable checkpoint in \(o.out!): " + problems.joined(separator: "; "))
     }
 
     func announce(_ s: State, _ plan: Plan) {
@@ -259,12 +281,12 @@ public final class Trainer {
             + "sgemm peak \(String(format: "%.0f", s.sgemmPeak / 1e9)) GFLOP/s per rank")
         let mem = MemoryEstimate(config: cfg, microBatch: plan.micro, seqLen: o.seqLen, ranks: n, zero: s.sharding.sharded,
                                  recompute: o.recompute, activationBytes: s.graph.activationBytes, bucketMb: o.bucketMb)
-        log("  memory per rank (predicted): \(Runtime.formatBytes(mem.rootTotal)) = params \(Runtime.formatBytes(mem.parameters)) + grads "
-            + "\(Runtime.formatBytes(mem.gradients)) + AdamW \(Runtime.formatBytes(mem.optimizer)) + activations "
-            + "\(Runtime.formatBytes(mem.activations)) + runtime \(Runtime.formatBytes(MemoryEstimate.runtimeOverhead))"
-            + (mem.communication > 0 ? " + reduce-scatter buffer \(Runtime.formatBytes(mem.communication))" : "")
-            + (mem.checkpointGather > 0 ? " + checkpoint gather \(Runtime.formatBytes(mem.checkpointGather)) (rank 0 only; "
-               + "ranks > 0: \(Runtime.formatBytes(mem.total)))" : ""))
+        log("  memory per rank (predicted): \(Format.bytes(mem.rootTotal)) = params \(Format.bytes(mem.parameters)) + grads "
+            + "\(Format.bytes(mem.gradients)) + AdamW \(Format.bytes(mem.optimizer)) + activations "
+            + "\(Format.bytes(mem.activations)) + runtime \(Format.bytes(MemoryEstimate.runtimeOverhead))"
+            + (mem.communication > 0 ? " + reduce-scatter buffer \(Format.bytes(mem.communication))" : "")
+            + (mem.checkpointGather > 0 ? " + checkpoint gather \(Format.bytes(mem.checkpointGather)) (rank 0 only; "
+               + "ranks > 0: \(Format.bytes(mem.total)))" : ""))
         let local = Runtime.localRanks
         if local * BLAS.threads > Runtime.nodeCores {
             log("  warning: \(local) ranks x \(BLAS.threads) threads on this node exceed its \(Runtime.nodeCores) cores: "
@@ -272,6 +294,10 @@ public final class Trainer {
         }
         if o.overlap && n > 1 && !s.reducer.overlap {
             log("  warning: MPI does not provide MPI_THREAD_MULTIPLE: gradients are reduced after backward, not during it")
+        }
+        if n > Runtime.localRanks && Communicator.setsTCPFlags {
+            log("  network: ranks on several hosts; Open MPI's TCP transport set to plain sends in both directions of each link "
+                + "(btl_tcp_flags=\(Communicator.tcpFlags); OMPI_MCA_btl_tcp_flags overrides)")
         }
         if s.sharding.sharded {
             log("  ZeRO-1: AdamW state sharded, \(s.sharding.ownedCount) of \(cfg.parameterCount) parameters on this rank, a part of every bucket")
@@ -284,76 +310,100 @@ public final class Trainer {
 
     struct StepStats {
         var loss: Double, norm: Double, lr: Double
-        var seconds: Double, commSeconds: Double, optimizerSeconds: Double
+        /// The whole step; the communication thread's busy time; how long compute waited for communication (exposed);
+        /// the optimizer update; reading the batch.
+        var seconds: Double, commSeconds: Double, exposedSeconds: Double, optimizerSeconds: Double, dataSeconds: Double
         var stopSignal: Int32?
     }
 
-    /// Forward and backward over this rank's rows (gradients reduced in buckets meanwhile), one all-reduce of the
-    /// loss and the stop flags, clipping and the AdamW update (skipped when anything is non-finite).
+    /// One optimizer step: forward and backward over this rank's rows (gradients summed across ranks meanwhile),
+    /// one all-reduce of the loss and the stop flags, then clipping and the AdamW update (skipped when anything is
+    /// non-finite).
     func trainStep(_ s: State, _ plan: Plan) throws -> StepStats {
         let t0 = Runtime.now()
-        let params = s.model.parameters, B = o.batchSize, T = o.seqLen
-        params.zeroGradients()
-        s.reducer.begin()
-        var lossSum = 0.0
-        let rowsPerRank = plan.micro * plan.accumulation
-        for k in 0..<plan.accumulation {
-            let first = comm.rank * rowsPerRank + k * plan.micro
-            s.order.fill(plan.train, step: s.step, firstRow: first, rows: plan.micro,
-                         inputs: s.graph.inputs.pointer, targets: s.graph.targets.pointer)
-            // ZeRO-1: the previous update's all-gather may still be landing; forward waits region by region.
-            let reducer = s.reducer
-            s.graph.forward(step: s.step, seed: UInt64(o.seed), rowOffset: first,
-                            awaitingParameters: reducer.gathering ? { reducer.awaitParameters(region: $0) } : nil)
-            reducer.awaitAllParameters()
-            lossSum += s.graph.lossSum
-            // The last micro-batch's backward reduces buckets as it finishes them, wte's dense part first.
-            let deferRows = k == plan.accumulation - 1 && s.tokenRows != nil
-            s.graph.defersTokenGradient = deferRows
-            s.graph.backward(progress: deferRows && s.reducer.overlap ? { s.reducer.ready(throughRegion: $0) } : nil)
-        }
-        s.reducer.finish()
-        let wteOffset = params.layout.entry("wte")!.offset
-        if let rows = s.tokenRows {
-            fillEveryRanksTokens(rows, s, plan, step: s.step, microBatch: plan.accumulation - 1)
-            rows.reduce(tokens: s.graph.inputs.pointer, rowGradient: s.graph.embeddingGradient, positions: plan.micro * T,
-                        comm: comm, gradients: params.gradients.pointer, wteOffset: wteOffset, keep: s.sharding.mine)
-        }
-        let commSeconds = s.reducer.waitSeconds + (s.tokenRows?.seconds ?? 0)
+        let (lossSum, dataSeconds) = forwardBackward(s, plan)
+        sumGradients(s, plan)
+        let exposedSeconds = s.reducer.waitSeconds + (s.tokenRows?.seconds ?? 0)
+        let commSeconds = s.reducer.commSeconds + (s.tokenRows?.seconds ?? 0)
         // One all-reduce carries the loss and whether any rank was asked to stop (and by which signal).
         var agreed = [lossSum, StopSignal.requested ? 1 : 0, StopSignal.requested ? Double(StopSignal.signalNumber) : 0]
         comm.allReduceSum(&agreed)
-        let loss = agreed[0] / Double(B * T)
+        let loss = agreed[0] / Double(o.batchSize * o.seqLen)
         let norm = gradientNorm(s)
         let lr = plan.schedule(s.step)
         let tOpt = Runtime.now()
-        if loss.isFinite && norm.isFinite {
-            s.badSteps = 0
-            let clip: Float = o.gradClip > 0 ? Float(min(1, o.gradClip / (norm + 1e-6))) : 1
-            s.optimizer.step(params: params.values.pointer, grads: params.gradients.pointer, lr: lr, t: s.step + 1, gradScale: clip)
-            if s.sharding.sharded {
-                // The next step's first forward reads wte's rows of its tokens first: those now, the rest while it runs.
-                if let rows = s.tokenRows, s.reducer.overlap {
-                    fillEveryRanksTokens(rows, s, plan, step: s.step + 1, microBatch: 0)
-                    rows.shareRows(values: params.values.pointer, wteOffset: wteOffset, owned: s.sharding.mine, comm: comm)
-                }
-                s.reducer.startAllGather(params.values.pointer)
-            }
-        } else {
-            s.badSteps += 1
-            if comm.isRoot { log("  step \(s.step + 1): non-finite loss or gradient norm (loss \(loss), norm \(norm)); update skipped") }
-            if s.badSteps >= o.maxBadSteps {
-                throw TrainError("\(s.badSteps) non-finite steps in a row at step \(s.step + 1); stopping (lower --lr or check the data)")
-            }
-        }
+        try update(s, plan, loss: loss, norm: norm, lr: lr)
         let optimizerSeconds = Runtime.now() - tOpt
         s.step += 1
-        s.tokensSeen += B * T
+        s.tokensSeen += o.batchSize * o.seqLen
         s.reducer.resetTimers()
         // One rank signalled: name its signal; several: SIGTERM stands for them all.
         let stop: Int32? = agreed[1] == 0 ? nil : agreed[1] == 1 ? Int32(agreed[2]) : SIGTERM
         return StepStats(loss: loss, norm: norm, lr: lr, seconds: Runtime.now() - t0, commSeconds: commSeconds,
-                         optimizerSeconds: optimizerSeconds, stopSignal: stop)
+                         exposedSeconds: exposedSeconds, optimizerSeconds: optimizerSeconds, dataSeconds: dataSeconds,
+                         stopSignal: stop)
+    }
+
+    /// Every micro-batch of this rank's rows, forward then backward; the last one's backward hands gradient
+    /// buckets to the reducer as it finishes them (wte's dense part first). Returns the summed loss and the
+    /// seconds spent reading batches.
+    func forwardBackward(_ s: State, _ plan: Plan) -> (lossSum: Double, dataSeconds: Double) {
+        s.model.parameters.zeroGradients()
+        s.reducer.begin()
+        var lossSum = 0.0, dataSeconds = 0.0
+        let rowsPerRank = plan.micro * plan.accumulation, reducer = s.reducer
+        for k in 0..<plan.accumulation {
+            let first = comm.rank * rowsPerRank + k * plan.micro
+            let tData = Runtime.now()
+            s.order.fill(plan.train, step: s.step, firstRow: first, rows: plan.micro,
+                         inputs: s.graph.inputs.pointer, targets: s.graph.targets.pointer)
+            dataSeconds += Runtime.now() - tData
+            // ZeRO-1: the previous update's all-gather may still be landing; forward waits region by region.
+            s.graph.forward(step: s.step, seed: UInt64(o.seed), rowOffset: first,
+                            awaitingParameters: reducer.gathering ? { reducer.awaitParameters(region: $0) } : nil)
+            reducer.awaitAllParameters()
+            lossSum += s.graph.lossSum
+            let deferRows = k == plan.accumulation - 1 && s.tokenRows != nil
+            s.graph.defersTokenGradient = deferRows
+            s.graph.backward(progress: deferRows && reducer.overlap ? { reducer.ready(throughRegion: $0) } : nil)
+        }
+        return (lossSum, dataSeconds)
+    }
+
+    /// Waits for the buckets, then sums the token embedding's rows apart (several ranks).
+    func sumGradients(_ s: State, _ plan: Plan) {
+        s.reducer.finish()
+        guard let rows = s.tokenRows else { return }
+        let params = s.model.parameters
+        fillEveryRanksTokens(rows, s, plan, step: s.step, microBatch: plan.accumulation - 1)
+        rows.reduce(tokens: s.graph.inputs.pointer, rowGradient: s.graph.embeddingGradient, positions: plan.micro * o.seqLen,
+                    comm: comm, gradients: params.gradients.pointer, wteOffset: params.layout.entry("wte")!.offset,
+                    keep: s.sharding.mine)
+    }
+
+    /// Clipping and AdamW, then (ZeRO-1) the all-gather of the updated parameters; a non-finite loss or norm skips
+    /// the update, and `--max-bad-steps` of them in a row end the run.
+    func update(_ s: State, _ plan: Plan, loss: Double, norm: Double, lr: Double) throws {
+        let params = s.model.parameters
+        guard loss.isFinite && norm.isFinite else {
+            s.badSteps += 1
+            if comm.isRoot { log("  step \(s.step + 1): non-finite loss or gradient norm (loss \(loss), norm \(norm)); update skipped") }
+            if s.badSteps >= o.maxBadSteps {
+                throw GPT2DistError(.training, "\(s.badSteps) non-finite steps in a row at step \(s.step + 1); stopping (lower --lr or check the data)")
+            }
+            return
+        }
+        s.badSteps = 0
+        let clip: Float = o.gradClip > 0 ? Float(min(1, o.gradClip / (norm + 1e-6))) : 1
+        s.optimizer.step(params: params.values.pointer, grads: params.gradients.pointer, lr: lr, t: s.step + 1, gradScale: clip)
+        guard s.sharding.sharded else { return }
+        // The next step's first forward reads wte's rows of its tokens first: those now, the rest while it runs.
+        if let rows = s.tokenRows, s.reducer.overlap {
+            fillEveryRanksTokens(rows, s, plan, step: s.step + 1, microBatch: 0)
+            rows.shareRows(values: params.values.pointer, wteOffset: params.layout.entry("wte")!.offset, owned: s.sharding.mine,
+                           comm: comm)
+        }
+        s.reducer.startAllGather(params.values.pointer)
     }
 
     /// Token ids of micro-batch `microBatch` of every rank at `step`, rank by rank, as each rank reads them.
@@ -383,11 +433,12 @@ public final class Trainer {
         let avg = s.timedSteps > 0 ? s.timedSeconds / Double(s.timedSteps) : r.seconds
         let tps = Double(B * T) / r.seconds
         let mfu = plan.config.flopsPerToken(seqLen: T) * Double(B * T) / r.seconds / (s.sgemmPeak * Double(comm.size)) * 100
-        log(String(format: "step %d/%d | loss %.4f | lr %.2e | norm %.3f | %.0f ms | %.0f tok/s | MFU %.1f%% | comm %.0f ms | opt %.0f ms | ETA %@",
-                   s.step, o.steps, r.loss, r.lr, r.norm, r.seconds * 1000, tps, mfu, r.commSeconds * 1000,
-                   r.optimizerSeconds * 1000, Runtime.formatDuration(avg * Double(o.steps - s.step))))
-        record(s, ["step": Double(s.step), "train_loss": r.loss, "lr": r.lr, "grad_norm": r.norm,
-                   "tokens_per_s": tps, "ms_per_step": r.seconds * 1000])
+        log(String(format: "step %d/%d | loss %.4f | lr %.2e | norm %.3f | %.0f ms | %.0f tok/s | MFU %.1f%% | comm %.0f ms (%.0f exposed) | opt %.0f ms | ETA %@",
+                   s.step, o.steps, r.loss, r.lr, r.norm, r.seconds * 1000, tps, mfu, r.commSeconds * 1000, r.exposedSeconds * 1000,
+                   r.optimizerSeconds * 1000, Format.duration(avg * Double(o.steps - s.step))))
+        record(s, ["step": Double(s.step), "train_loss": r.loss, "lr": r.lr, "grad_norm": r.norm, "tokens_per_s": tps,
+                   "ms_per_step": r.seconds * 1000, "comm_ms": r.commSeconds * 1000, "exposed_ms": r.exposedSeconds * 1000,
+                   "opt_ms": r.optimizerSeconds * 1000, "data_ms": r.dataSeconds * 1000, "mfu": mfu / 100])
     }
 
     /// Rank 0 alone writes metrics; a busy or failing metrics file is reported once, never fatal.
@@ -434,42 +485,62 @@ public final class Trainer {
         }
         if let w = writer, failure == nil {
             do {
-                let state = TrainState(step: s.step, tokensSeen: s.tokensSeen, dataCursor: s.step, seed: o.seed, runConfig: o.json,
+                let state = TrainState(step: s.step, tokensSeen: s.tokensSeen, runConfig: o.json,
                                        dataIdentity: s.dataIdentity)
                 try w.finish(state)
                 try TrainCheckpoint.commit(directory: o.out!, path: path, keep: o.keepCheckpoints)
+                s.checkpointName = URL(fileURLWithPath: path).lastPathComponent
+                s.checkpointStep = s.step
                 _ = try? LossPlot.render(runDirectory: o.out!)
                 log("  checkpoint \(path)")
+                do { try writeStatus(s, .running, reason: "training") } catch { log("  warning: status.json not updated: \(error)") }
             } catch { failure = "\(error)" }
         }
-        if let message = comm.agreeOnFailure(failure) { throw TrainError(message) }
+        if let message = comm.agreeOnFailure(failure) { throw GPT2DistError(.training, message) }
     }
 
     // MARK: 5. finish
 
-    func finish(_ s: State) {
+    /// Gathers every rank's peak memory and records how the run ended.
+    func finish(_ s: State, _ outcome: RunStatus.State, reason: String) throws {
         var rss = [Double](repeating: 0, count: comm.size)
         rss[comm.rank] = Double(Runtime.peakRSS)
         comm.allReduceSum(&rss)
-        if comm.isRoot, let m = s.metrics, m.pendingRows > 0 {
+        guard comm.isRoot else { return }
+        if let m = s.metrics, m.pendingRows > 0 {
             log("  warning: \(m.pendingRows) metrics row(s) not written: \(m.path) stayed busy (locked by a reader)")
         }
-        if comm.isRoot {
-            log(String(format: "done: %d steps in %@; peak RSS per rank: %@", s.step - s.firstStep, Runtime.formatDuration(Runtime.now() - s.started),
-                       rss.map { Runtime.formatBytes($0) }.joined(separator: ", ")))
+        if outcome == .finished {
+            log(String(format: "done: %d steps in %@; peak RSS per rank: %@", s.step - s.firstStep, Format.duration(Runtime.now() - s.started),
+                       rss.map { Format.bytes($0) }.joined(separator: ", ")))
         }
+        try writeStatus(s, outcome, reason: reason, peakRSS: rss.map { Int($0) })
     }
 
-    /// All ranks must hold bit-identical parameters; a cheap checksum catches drift.
+    /// Rank 0 rewrites OUT/status.json.
+    func writeStatus(_ s: State, _ state: RunStatus.State, reason: String, peakRSS: [Int]? = nil) throws {
+        guard comm.isRoot else { return }
+        try RunStatus(state: state, step: s.step, steps: o.steps, checkpoint: s.checkpointName, checkpointStep: s.checkpointStep,
+                      reason: reason, ranks: comm.size, peakRSSBytes: peakRSS).write(runDirectory: o.out!)
+    }
+
+    /// Fault injection for the tests of `checkReplicas`: GPT2DIST_INJECT_DRIFT=STEP makes the last rank change one
+    /// parameter after that step, as a bit flip or a missed update would.
+    static let injectedDriftStep = ProcessInfo.processInfo.environment["GPT2DIST_INJECT_DRIFT"].flatMap { Int($0) }
+
+    func injectDrift(_ s: State) {
+        s.reducer.awaitAllParameters()
+        s.model.parameters.values.pointer[0] += 1e-3
+    }
+
+    /// All ranks must hold bit-identical parameters; a checksum of every one of them catches drift.
     func checkReplicas(_ s: State) throws {
         s.reducer.awaitAllParameters()
         let params = s.model.parameters
-        var sum = 0.0
-        let p = params.values.pointer
-        for i in Swift.stride(from: 0, to: params.count, by: 97) { sum += Double(p[i]) * Double(i % 13 + 1) }
+        let sum = parameterChecksum(params.values.pointer, params.count)
         var lo = [sum], hi = [sum]
         comm.allReduceMin(&lo); comm.allReduceMax(&hi)
-        if lo[0] != hi[0] { throw TrainError("ranks hold different parameters (checksums \(lo[0]) vs \(hi[0])); aborting") }
+        if lo[0] != hi[0] { throw GPT2DistError(.training, "ranks hold different parameters (checksums \(lo[0]) vs \(hi[0])); aborting") }
     }
 
     /// Runs `body` on every rank and agrees on the outcome: if any rank failed, all throw the first failure.
@@ -477,7 +548,7 @@ public final class Trainer {
         var result: R?
         var failure: String?
         do { result = try body() } catch { failure = "\(error)" }
-        if let message = comm.agreeOnFailure(failure) { throw TrainError(message) }
+        if let message = comm.agreeOnFailure(failure) { throw GPT2DistError(.training, message) }
         return result!
     }
 }
@@ -502,4 +573,20 @@ public func gradientNorm(_ g: UnsafePointer<Float>, _ count: Int) -> Double {
         }
     }
     return partial.reduce(0, +).squareRoot()
+}
+
+/// A weighted sum of every value (weights 1...13 by index, so swapped values change it too), in blocks of a fixed
+/// size summed in order: the same bits on every rank whatever its thread count.
+public func parameterChecksum(_ p: UnsafePointer<Float>, _ count: Int) -> Double {
+    let block = 1 << 16, blocks = (count + block - 1) / block
+    var partial = [Double](repeating: 0, count: blocks)
+    partial.withUnsafeMutableBufferPointer { out in
+        let o = out.baseAddress!
+        Parallel.forEach(blocks) { _, b in
+            var acc = 0.0
+            for i in (b * block)..<min(count, (b + 1) * block) { acc += Double(p[i]) * Double(i % 13 + 1) }
+            o[b] = acc
+        }
+    }
+    return partial.reduce(0, +)
 }

@@ -1,7 +1,9 @@
 import ArgumentParser
 import Autograd
+import Common
 import Foundation
 import GPT2
+import Machine
 import Training
 
 struct Bench: ParsableCommand {
@@ -26,59 +28,28 @@ struct Bench: ParsableCommand {
     func run() throws {
         let threads = try compute.applyOrExit()
         try runOrFail {
-            let cfg = try GPT2Config.load(path: config)
-            guard seqLen > 0, seqLen <= cfg.contextLength, batchSize > 0, steps > 0 else {
-                throw TrainError("need 0 < --seq-len <= \(cfg.contextLength), --batch-size > 0, --steps > 0")
-            }
-            let peak = Runtime.measureSgemmPeak(seconds: 1.0)
-            let model = GPT2Model(config: cfg)
-            model.initialize(seed: 1)
-            let graph = GPT2Graph(model: model, batch: batchSize, seqLen: seqLen, mode: .train, recompute: recompute)
-            for i in 0..<(batchSize * seqLen) {
-                graph.inputs.pointer[i] = Int32(i * 7919 % cfg.vocabSize)
-                graph.targets.pointer[i] = Int32((i + 1) * 7919 % cfg.vocabSize)
-            }
-            let opt = optimizer ? AdamW(layout: model.parameters.layout, hyper: AdamW.Hyper()) : nil
-            var times: [Double] = [], fwd: [Double] = [], optTimes: [Double] = []
-            for s in 0...steps {
-                if s == 1 && profile { graph.tape.opSeconds = Array(repeating: 0, count: graph.tape.ops.count) }
-                let t0 = Runtime.now()
-                model.parameters.zeroGradients()
-                graph.forward(step: s, seed: 1)
-                let t1 = Runtime.now()
-                graph.backward()
-                let t2 = Runtime.now()
-                opt?.step(params: model.parameters.values.pointer, grads: model.parameters.gradients.pointer, lr: 1e-4, t: s + 1, gradScale: 1)
-                let t3 = Runtime.now()
-                if s > 0 { times.append(t3 - t0); fwd.append(t1 - t0); optTimes.append(t3 - t2) }
-            }
-            let best = times.min()!, median = times.sorted()[times.count / 2]
-            let tokens = Double(batchSize * seqLen)
-            let flops = cfg.flopsPerToken(seqLen: seqLen) * tokens
-            let achieved = flops / median
+            var bench = StepBenchmark(config: try GPT2Config.load(path: config))
+            bench.batchSize = batchSize; bench.seqLen = seqLen; bench.steps = steps
+            bench.optimizer = optimizer; bench.recompute = recompute; bench.profile = profile
+            let r = try bench.run()
             if json {
                 print("""
-                {"ms_per_step": \(median * 1000), "best_ms_per_step": \(best * 1000), "tokens_per_s": \(tokens / median), \
-                "gflops": \(achieved / 1e9), "sgemm_peak_gflops": \(peak / 1e9), "mfu": \(achieved / peak), \
-                "peak_rss_bytes": \(Runtime.peakRSS), "threads": \(threads), "kernel": "\(BLAS.coreName)"}
+                {"ms_per_step": \(r.medianSeconds * 1000), "best_ms_per_step": \(r.bestSeconds * 1000), "tokens_per_s": \(r.tokensPerSecond), \
+                "gflops": \(r.flopsPerSecond / 1e9), "sgemm_peak_gflops": \(r.sgemmPeak / 1e9), "mfu": \(r.mfu), \
+                "peak_rss_bytes": \(r.peakRSS), "threads": \(threads), "kernel": "\(BLAS.coreName)"}
                 """)
                 return
             }
-            print("\(Runtime.blasDescription); model \(grouped(cfg.parameterCount)) parameters; batch \(batchSize) x \(seqLen)")
-            print(String(format: "sgemm peak (measured, %d thread(s)): %.1f GFLOP/s", threads, peak / 1e9))
+            print("\(Runtime.blasDescription); model \(grouped(bench.config.parameterCount)) parameters; batch \(batchSize) x \(seqLen)")
+            print(String(format: "sgemm peak (measured, %d thread(s)): %.1f GFLOP/s", threads, r.sgemmPeak / 1e9))
             print(String(format: "forward+backward%@: median %.1f ms/step (best %.1f, forward %.1f%@), %.0f tokens/s",
-                         optimizer ? "+AdamW" : "", median * 1000, best * 1000, fwd.sorted()[fwd.count / 2] * 1000,
-                         optimizer ? String(format: ", AdamW %.1f", optTimes.sorted()[optTimes.count / 2] * 1000) : "",
-                         tokens / median))
+                         optimizer ? "+AdamW" : "", r.medianSeconds * 1000, r.bestSeconds * 1000, r.forwardSeconds * 1000,
+                         optimizer ? String(format: ", AdamW %.1f", r.optimizerSeconds * 1000) : "", r.tokensPerSecond))
             print(String(format: "achieved %.1f GFLOP/s = %.1f%% MFU of the measured sgemm peak; peak RSS %@",
-                         achieved / 1e9, achieved / peak * 100, Runtime.formatBytes(Double(Runtime.peakRSS))))
-            if let secs = graph.tape.opSeconds {
-                var byKind: [String: Double] = [:]
-                for (op, t) in zip(graph.tape.ops, secs) { byKind[String(describing: type(of: op)), default: 0] += t }
-                let total = secs.reduce(0, +)
-                for (k, t) in byKind.sorted(by: { $0.value > $1.value }) {
-                    print(String(format: "  %-26@ %8.1f ms/step  %5.1f%%", k as NSString, t / Double(steps) * 1000, t / total * 100))
-                }
+                         r.flopsPerSecond / 1e9, r.mfu * 100, Format.bytes(Double(r.peakRSS))))
+            let total = r.opKinds.map(\.seconds).reduce(0, +)
+            for (kind, t) in r.opKinds {
+                print(String(format: "  %-26@ %8.1f ms/step  %5.1f%%", kind as NSString, t * 1000, t / total * 100))
             }
         }
     }

@@ -1,7 +1,10 @@
 import ArgumentParser
 import Autograd
+import Common
 import Distributed
 import Foundation
+import GPT2
+import Machine
 import Training
 
 struct BenchComm: ParsableCommand {
@@ -18,10 +21,24 @@ struct BenchComm: ParsableCommand {
     @Option(help: "Floats to reduce.") var floats = 124_439_808
     @Option(help: "Bucket size in MB.") var bucketMb = 25.0
     @Option(help: "Repetitions (best is reported).") var repeats = 3
+    @Flag(help: "Print one JSON object (seconds per method) instead of the table, for scripts.") var json = false
+    @Flag(help: "Also check every reduction and all-gather against a direct sum (exact: integer values); exit 1 on a wrong element.")
+    var verify = false
 
     func run() throws {
         let comm = Communicator.initialize()
         defer { comm.finalize() }
+        guard floats > 0, bucketMb.isFinite, bucketMb > 0, repeats > 0 else {
+            if comm.isRoot { Console.error("gpt2-dist: error: --floats, --bucket-mb and --repeats must be positive") }
+            throw ExitCode(1)
+        }
+        if verify {
+            let results = CollectiveCheck.run(comm: comm, floats: floats, bucketFloats: max(1, Int(bucketMb * 1_048_576 / 4)))
+            if comm.isRoot {
+                for r in results { print("verify: \(r.name): \(r.passed ? "ok" : "WRONG")") }
+            }
+            if results.contains(where: { !$0.passed }) { throw ExitCode(1) }
+        }
         let buffer = FloatBuffer(count: floats)
         for i in 0..<floats { buffer.pointer[i] = Float(i % 100) * 1e-3 }
         let bucket = max(1, Int(bucketMb * 1_048_576 / 4))
@@ -44,7 +61,13 @@ struct BenchComm: ParsableCommand {
         let thr = best { threaded.begin(); threaded.ready(throughRegion: 0); threaded.finish() }
         guard comm.isRoot else { return }
         let bytes = Double(floats) * 4
-        print("\(comm.size) rank(s), \(Runtime.formatBytes(bytes)) of float32, buckets of \(bucketMb) MB (\(sequential.buckets.count) buckets)")
+        if json {
+            print(JSONValue.object(["ranks": .number(Double(comm.size)), "floats": .number(Double(floats)),
+                                    "buckets": .number(Double(sequential.buckets.count)), "one_allreduce_s": .number(plain),
+                                    "calling_thread_s": .number(seq), "communication_thread_s": .number(thr)]).json)
+            return
+        }
+        print("\(comm.size) rank(s), \(Format.bytes(bytes)) of float32, buckets of \(bucketMb) MB (\(sequential.buckets.count) buckets)")
         for (name, t) in [("one MPI_Allreduce", plain), ("buckets, calling thread", seq), ("buckets, communication thread", thr)] {
             print(String(format: "  %-30@ %8.1f ms  %6.2f GB/s (bytes / time)", name as NSString, t * 1000, bytes / t / 1e9))
         }

@@ -1,5 +1,8 @@
 import ArgumentParser
+import Common
 import Foundation
+import Machine
+import Prepare
 import Tokenizer
 import Training
 
@@ -8,7 +11,7 @@ struct BenchTokenizer: ParsableCommand {
         commandName: "bench-tokenizer",
         abstract: "Encode throughput (MB/s) of the GPT-2 tokenizer on a text file, serial and parallel.",
         discussion: """
-        Best of --repeats runs. Compare with tiktoken on the same file: Launch/bench_tokenizer.py FILE.
+        Best of --repeats runs. Compare with tiktoken on the same file: Launch/bench/bench_tokenizer.py FILE.
           gpt2-dist bench-tokenizer --text data/corpus/shakespeare_1mb.txt --threads 2
         """
     )
@@ -21,7 +24,7 @@ struct BenchTokenizer: ParsableCommand {
         let threads = try compute.applyOrExit()
         try runOrFail {
             guard let data = FileManager.default.contents(atPath: text), let s = String(data: data, encoding: .utf8) else {
-                throw TrainError("cannot read UTF-8 text from \(text)")
+                throw GPT2DistError(.usage, "cannot read UTF-8 text from \(text)")
             }
             let t0 = Runtime.now()
             let tok = try loadTokenizer(vocab)

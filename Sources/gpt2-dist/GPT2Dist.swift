@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import Machine
 import Training
 
 struct GPT2Dist: ParsableCommand {
@@ -15,35 +16,22 @@ struct GPT2Dist: ParsableCommand {
           mpirun -np 2 gpt2-dist train --config Configs/gpt2-small-cpu.json --data data/corpus --out runs/demo
           gpt2-dist generate --checkpoint runs/demo/latest --prompt "To be, or not"
         """,
-        subcommands: [Train.self, Eval.self, Generate.self, Info.self, Bench.self, Plot.self, Prepare.self,
-                      ImportHF.self, ExportHF.self, Plan.self, BenchComm.self, BenchTokenizer.self]
+        subcommands: [Train.self, Eval.self, Generate.self, Info.self, Bench.self, Plot.self, PrepareCommand.self,
+                      ImportHF.self, ExportHF.self, Plan.self, Metrics.self, Status.self, BenchComm.self, BenchTokenizer.self]
     )
+}
 
-    /// `--resume` may stand alone (newest checkpoint in --out): give it that value for the parser.
-    /// `--steps -1` reaches our range checks as `--steps=-1` (the parser would take -1 for an option name).
-    static func normalize(_ args: [String]) -> [String] {
-        var out: [String] = []
-        var i = 0
-        while i < args.count {
-            let a = args[i], next = i + 1 < args.count ? args[i + 1] : nil
-            if a.hasPrefix("--"), !a.contains("="), let n = next, n.hasPrefix("-"), Double(n) != nil {
-                out.append(a + "=" + n)
-                i += 2
-                continue
-            }
-            out.append(a)
-            if a == "--resume" && (next == nil || next!.hasPrefix("-")) { out.append(TrainCheckpoint.newestInOut) }
-            i += 1
-        }
-        return out
-    }
+/// Options shared by every command that computes.
+struct ComputeOptions: ParsableArguments {
+    @Option(help: "Threads for BLAS and kernels per rank (default: cores / ranks on this node).")
+    var threads: Int?
 }
 
 extension ComputeOptions {
     /// Sets the thread count; a bad --threads is a one-line error.
     @discardableResult
     func applyOrExit() throws -> Int {
-        do { return try apply() } catch { throw fail("\(error)") }
+        do { return try Runtime.applyThreads(threads) } catch { throw fail("\(error)") }
     }
 }
 

@@ -1,8 +1,11 @@
 import ArgumentParser
 import Autograd
 import Checkpoint
+import Common
 import Foundation
 import GPT2
+import Machine
+import Prepare
 import Tokenizer
 import Training
 
@@ -31,7 +34,7 @@ struct Generate: ParsableCommand {
     func run() throws {
         _ = try compute.applyOrExit()
         try runOrFail {
-            let (model, _) = try ModelFile.load(path: checkpointPath(checkpoint))
+            let (model, _) = try ModelFile.load(path: TrainCheckpoint.resolve(checkpoint))
             let cfg = model.config
             var tokenizer: GPT2Tokenizer?
             func tok() throws -> GPT2Tokenizer {
@@ -44,21 +47,21 @@ struct Generate: ParsableCommand {
                 ids = try tok().encode(text).map(Int.init)
             case (nil, let list?):
                 ids = try list.split(separator: ",").map {
-                    guard let v = Int($0.trimmingCharacters(in: .whitespaces)) else { throw TrainError("--prompt-tokens: \"\($0)\" is not an integer") }
+                    guard let v = Int($0.trimmingCharacters(in: .whitespaces)) else { throw GPT2DistError(.usage, "--prompt-tokens: \"\($0)\" is not an integer") }
                     return v
                 }
             default:
-                throw TrainError("give exactly one of --prompt or --prompt-tokens")
+                throw GPT2DistError(.usage, "give exactly one of --prompt or --prompt-tokens")
             }
             guard !ids.isEmpty else {
-                throw TrainError("the prompt is empty (give some text, or --prompt-tokens \(GPT2Tokenizer.endOfText) for an unconditional sample)")
+                throw GPT2DistError(.usage, "the prompt is empty (give some text, or --prompt-tokens \(GPT2Tokenizer.endOfText) for an unconditional sample)")
             }
             if let bad = ids.first(where: { $0 < 0 || $0 >= cfg.vocabSize }) {
-                throw TrainError("prompt token id \(bad) is out of range for vocab_size \(cfg.vocabSize)")
+                throw GPT2DistError(.usage, "prompt token id \(bad) is out of range for vocab_size \(cfg.vocabSize)")
             }
-            guard maxNewTokens >= 0 else { throw TrainError("--max-new-tokens must be 0 or more, got \(maxNewTokens)") }
-            guard temperature.isFinite, temperature >= 0 else { throw TrainError("--temperature must be a finite number >= 0, got \(temperature)") }
-            guard topK >= 0 else { throw TrainError("--top-k must be 0 or more, got \(topK)") }
+            guard maxNewTokens >= 0 else { throw GPT2DistError(.usage, "--max-new-tokens must be 0 or more, got \(maxNewTokens)") }
+            guard temperature.isFinite, temperature >= 0 else { throw GPT2DistError(.usage, "--temperature must be a finite number >= 0, got \(temperature)") }
+            guard topK >= 0 else { throw GPT2DistError(.usage, "--top-k must be 0 or more, got \(topK)") }
             let gen = GPT2Generator(model: model)
             let t0 = Runtime.now()
             let out = gen.generate(prompt: ids, count: maxNewTokens, temperature: temperature, topK: topK, seed: seed)

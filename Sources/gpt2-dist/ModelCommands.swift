@@ -1,26 +1,16 @@
 import ArgumentParser
 import Autograd
 import Checkpoint
+import Common
 import Data
 import Distributed
 import Foundation
 import GPT2
+import Machine
+import Prepare
+import Planning
 import Tokenizer
 import Training
-
-/// Resolves a run directory or a `latest` pointer to a checkpoint file.
-func checkpointPath(_ spec: String) throws -> String {
-    var isDir: ObjCBool = false
-    if FileManager.default.fileExists(atPath: spec, isDirectory: &isDir), isDir.boolValue {
-        guard let p = TrainCheckpoint.newestComplete(directory: spec) else { throw TrainError("no complete checkpoint in \(spec)") }
-        return p
-    }
-    let url = URL(fileURLWithPath: spec), directory = url.deletingLastPathComponent().path
-    if url.lastPathComponent == "latest", let name = TrainCheckpoint.latestName(directory: directory) {
-        return directory + "/" + name
-    }
-    return spec
-}
 
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -52,57 +42,30 @@ struct Eval: ParsableCommand {
         defer { comm.finalize() }
         _ = try compute.applyOrExit()
         try runOrFail {
-            guard batches >= 0 else { throw TrainError("--batches must be 0 (all) or a positive integer, got \(batches)") }
-            guard batchSize > 0, batchSize % comm.size == 0 else {
-                throw TrainError("--batch-size \(batchSize) is not divisible by the number of ranks (\(comm.size))")
-            }
-            let (model, step) = try ModelFile.load(path: checkpointPath(checkpoint))
-            guard seqLen > 0, seqLen <= model.config.contextLength else {
-                throw TrainError("--seq-len \(seqLen) must be in 1...\(model.config.contextLength) (context_length)")
-            }
+            let evaluation = try Evaluation(checkpoint: checkpoint)
+            let vocabSize = evaluation.model.config.vocabSize
             let tokens: TokenDataset
             switch (data, text) {
-            case (let d?, nil):
-                tokens = try TokenDataset(spec: d, vocabSize: model.config.vocabSize, preferring: "val")
-            case (nil, let t?):
-                guard let raw = FileManager.default.contents(atPath: t), let s = String(data: raw, encoding: .utf8) else {
-                    throw TrainError("cannot read UTF-8 text from \(t)")
-                }
-                let ids = [Int32(GPT2Tokenizer.endOfText)] + (try loadTokenizer(vocab)).encode(s, allowSpecial: false)
-                if let bad = ids.first(where: { Int($0) >= model.config.vocabSize }) {
-                    throw TrainError("token id \(bad) of \(t) is out of range for the model's vocab_size \(model.config.vocabSize)")
-                }
-                tokens = TokenDataset(tokens: ids.map { UInt16($0) })
-            default:
-                throw TrainError("give exactly one of --data or --text")
+            case (let d?, nil): tokens = try TokenDataset(spec: d, vocabSize: vocabSize, preferring: "val")
+            case (nil, let t?): tokens = try tokenizeDocument(path: t, vocabulary: vocab, vocabSize: vocabSize)
+            default: throw GPT2DistError(.usage, "give exactly one of --data or --text")
             }
-            let order = try BatchOrder(tokenCount: tokens.count, batchSize: batchSize, seqLen: seqLen)
-            let graph = GPT2Graph(model: model, batch: batchSize / comm.size, seqLen: seqLen, mode: .evaluate)
-            let count = batches == 0 ? order.spans : batches
-            let t0 = Runtime.now()
-            let loss = try evaluateLoss(graph: graph, data: tokens, batchSize: batchSize, seqLen: seqLen, batches: count, comm: comm)
-            let seconds = Runtime.now() - t0
+            let r = try evaluation.run(tokens: tokens, batchSize: batchSize, seqLen: seqLen, batches: batches, baselines: baselines, comm: comm)
             guard comm.isRoot else { return }
-            var reference: (unigram: Double, bigram: Double, trainTokens: Int)?
-            if let b = baselines {
-                let counts = CountBaselines(train: try TokenDataset(spec: b, vocabSize: model.config.vocabSize, preferring: "train"),
-                                            vocabSize: model.config.vocabSize)
-                let l = try counts.losses(data: tokens, batchSize: batchSize, seqLen: seqLen, batches: count)
-                reference = (l.unigram, l.bigram, counts.trainTokens)
-            }
             if json {
-                print("{\"loss\": \(loss)" + (reference.map { ", \"unigram\": \($0.unigram), \"bigram\": \($0.bigram)" } ?? "") + "}")
-            } else {
-                print("\(Runtime.blasDescription); checkpoint step \(step)")
-                print(String(format: "eval loss %.6f (perplexity %.2f) over %d batches of %d x %d tokens (%d spans available) in %.2f s",
-                             loss, exp(loss), count, batchSize, seqLen, order.spans, seconds))
-                if let r = reference {
-                    print(String(format: "  model    %.4f", loss))
-                    print(String(format: "  bigram   %.4f  (counts of %d training tokens: 0.7 bigram + 0.3 unigram)", r.bigram, r.trainTokens))
-                    print(String(format: "  unigram  %.4f  (counts, add-one smoothed)", r.unigram))
-                    func relation(_ d: Double) -> String { String(format: "%.2f nats %@", abs(d), d <= 0 ? "below" : "above") }
-                    print("  the model is \(relation(loss - r.unigram)) the unigram and \(relation(loss - r.bigram)) the bigram")
-                }
+                let baselines = r.unigram.map { ", \"unigram\": \($0), \"bigram\": \(r.bigram!)" } ?? ""
+                print("{\"loss\": \(r.loss)" + baselines + "}")
+                return
+            }
+            print("\(Runtime.blasDescription); checkpoint step \(evaluation.step)")
+            print(String(format: "eval loss %.6f (perplexity %.2f) over %d batches of %d x %d tokens (%d spans available) in %.2f s",
+                         r.loss, exp(r.loss), r.batches, batchSize, seqLen, r.spans, r.seconds))
+            if let unigram = r.unigram, let bigram = r.bigram, let trainTokens = r.baselineTrainTokens {
+                print(String(format: "  model    %.4f", r.loss))
+                print(String(format: "  bigram   %.4f  (counts of %d training tokens: 0.7 bigram + 0.3 unigram)", bigram, trainTokens))
+                print(String(format: "  unigram  %.4f  (counts, add-one smoothed)", unigram))
+                func relation(_ d: Double) -> String { String(format: "%.2f nats %@", abs(d), d <= 0 ? "below" : "above") }
+                print("  the model is \(relation(r.loss - unigram)) the unigram and \(relation(r.loss - bigram)) the bigram")
             }
         }
     }
@@ -129,16 +92,16 @@ struct Info: ParsableCommand {
     func run() throws {
         try runOrFail {
             let cfg = config.hasSuffix(".h5") ? try TrainCheckpoint.readConfig(path: config) : try GPT2Config.load(path: config)
-            guard ranks > 0 else { throw TrainError("--ranks must be a positive integer, got \(ranks)") }
-            guard batchSize > 0 else { throw TrainError("--batch-size must be a positive integer, got \(batchSize)") }
-            guard batchSize % ranks == 0 else { throw TrainError("--batch-size \(batchSize) is not divisible by --ranks \(ranks)") }
+            guard ranks > 0 else { throw GPT2DistError(.usage, "--ranks must be a positive integer, got \(ranks)") }
+            guard batchSize > 0 else { throw GPT2DistError(.usage, "--batch-size must be a positive integer, got \(batchSize)") }
+            guard batchSize % ranks == 0 else { throw GPT2DistError(.usage, "--batch-size \(batchSize) is not divisible by --ranks \(ranks)") }
             let micro = microBatchSize ?? batchSize / ranks
             guard micro > 0, batchSize % (micro * ranks) == 0 else {
-                throw TrainError("--micro-batch-size must be a positive divisor of batch-size / ranks (\(batchSize / ranks)), got \(micro)")
+                throw GPT2DistError(.usage, "--micro-batch-size must be a positive divisor of batch-size / ranks (\(batchSize / ranks)), got \(micro)")
             }
-            guard zero == 0 || zero == 1 else { throw TrainError("--zero must be 0 or 1, got \(zero)") }
+            guard zero == 0 || zero == 1 else { throw GPT2DistError(.usage, "--zero must be 0 or 1, got \(zero)") }
             let T = seqLen ?? cfg.contextLength
-            guard T > 0, T <= cfg.contextLength else { throw TrainError("--seq-len must be in 1...\(cfg.contextLength)") }
+            guard T > 0, T <= cfg.contextLength else { throw GPT2DistError(.usage, "--seq-len must be in 1...\(cfg.contextLength)") }
             let mem = MemoryEstimate(config: cfg, microBatch: micro, seqLen: T, ranks: ranks, zero: zero == 1, recompute: recompute)
             let n = Double(cfg.parameterCount), adam = mem.optimizer + mem.checkpointGather, act = mem.activations, total = mem.rootTotal
             if json {
@@ -152,13 +115,13 @@ struct Info: ParsableCommand {
             print("model: \(cfg.nLayers) layers, emb_dim \(cfg.embDim), \(cfg.nHeads) heads, context \(cfg.contextLength), vocab \(cfg.vocabSize), qkv_bias \(cfg.qkvBias), drop_rate \(cfg.dropRate)")
             print("parameters: \(grouped(cfg.parameterCount)) (output head tied to wte); \(grouped(cfg.untiedParameterCount)) if untied")
             print("per rank (\(ranks) rank(s), micro-batch \(micro) x \(T) tokens\(zero == 1 ? ", ZeRO-1" : "")\(recompute ? ", recompute" : "")):")
-            print("  parameters  \(Runtime.formatBytes(4 * n))")
-            print("  gradients   \(Runtime.formatBytes(4 * n))")
-            print("  AdamW m, v  \(Runtime.formatBytes(adam))\(mem.checkpointGather > 0 ? " (includes rank 0's checkpoint gather buffer, \(Runtime.formatBytes(mem.checkpointGather)))" : "")")
-            print("  activations \(Runtime.formatBytes(act))")
-            if mem.communication > 0 { print("  reduce-scatter buffer \(Runtime.formatBytes(mem.communication)) (one gradient bucket)") }
-            print("  runtime     \(Runtime.formatBytes(MemoryEstimate.runtimeOverhead)) (libraries and buffers, measured)")
-            print("  total       \(Runtime.formatBytes(total)) (compare with the peak RSS train reports)")
+            print("  parameters  \(Format.bytes(4 * n))")
+            print("  gradients   \(Format.bytes(4 * n))")
+            print("  AdamW m, v  \(Format.bytes(adam))\(mem.checkpointGather > 0 ? " (includes rank 0's checkpoint gather buffer, \(Format.bytes(mem.checkpointGather)))" : "")")
+            print("  activations \(Format.bytes(act))")
+            if mem.communication > 0 { print("  reduce-scatter buffer \(Format.bytes(mem.communication)) (one gradient bucket)") }
+            print("  runtime     \(Format.bytes(MemoryEstimate.runtimeOverhead)) (libraries and buffers, measured)")
+            print("  total       \(Format.bytes(total)) (compare with the peak RSS train reports)")
             print(String(format: "training FLOPs per token: %.3g (6N + 12·L·C·T)", cfg.flopsPerToken(seqLen: T)))
         }
     }
@@ -189,7 +152,7 @@ struct ImportHF: ParsableCommand {
 
     func run() throws {
         try runOrFail {
-            guard !FileManager.default.fileExists(atPath: out) else { throw TrainError("\(out) already exists; not overwriting it") }
+            guard !FileManager.default.fileExists(atPath: out) else { throw GPT2DistError(.usage, "\(out) already exists; not overwriting it") }
             let model = try HuggingFace.load(directory: from)
             try ModelFile.save(model: model, step: 0, to: out)
             print("wrote \(out): \(grouped(model.config.parameterCount)) parameters, \(model.config.nLayers) layers")
@@ -211,9 +174,9 @@ struct ExportHF: ParsableCommand {
 
     func run() throws {
         try runOrFail {
-            let (model, step) = try ModelFile.load(path: checkpointPath(checkpoint))
+            let (model, step) = try ModelFile.load(path: TrainCheckpoint.resolve(checkpoint))
             for f in ["config.json", "model.safetensors"] where FileManager.default.fileExists(atPath: out + "/" + f) {
-                throw TrainError("\(out)/\(f) already exists; not overwriting it")
+                throw GPT2DistError(.usage, "\(out)/\(f) already exists; not overwriting it")
             }
             try HuggingFace.save(model: model, directory: out)
             print("wrote \(out)/config.json and \(out)/model.safetensors (step \(step))")
@@ -228,5 +191,55 @@ struct Plot: ParsableCommand {
 
     func run() throws {
         try runOrFail { print("wrote \(try LossPlot.render(runDirectory: runDirectory))") }
+    }
+}
+
+struct Metrics: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print a run's metrics.h5 as CSV: one row per step, the last logged for that step (a resumed run logs some twice).",
+        discussion: """
+        Train columns: \(MetricsLog.trainSeries.joined(separator: ", ")) (times in ms; comm_ms: the communication \
+        thread busy, exposed_ms: compute waiting for it). --val: \(MetricsLog.valSeries.joined(separator: ", ")).
+
+        Example:
+          gpt2-dist metrics runs/demo > demo.csv
+        """)
+    @Argument(help: "Run directory.") var runDirectory: String
+    @Flag(help: "The validation series instead of the training ones.") var val = false
+
+    func run() throws {
+        try runOrFail {
+            print(try MetricsLog.csv(path: runDirectory + "/metrics.h5", series: val ? MetricsLog.valSeries : MetricsLog.trainSeries),
+                  terminator: "")
+        }
+    }
+}
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Print a run's status.json (state: running, finished, stopped, failed), or one of its fields.",
+        discussion: """
+        For scripts: --field prints one value alone (empty for an unset one), e.g. \
+        `gpt2-dist status runs/demo --field checkpoint_step`. Exit 1 when the directory has no status.json.
+        """)
+    @Argument(help: "Run directory.") var runDirectory: String
+    @Option(help: "Print this field's value only.") var field: String?
+
+    func run() throws {
+        try runOrFail {
+            guard let data = FileManager.default.contents(atPath: RunStatus.path(runDirectory: runDirectory)) else {
+                throw GPT2DistError(.usage, "\(runDirectory) has no \(RunStatus.fileName) (not a run directory, or the run never started)")
+            }
+            _ = try RunStatus.read(runDirectory: runDirectory)  // checks the format
+            guard let field else { print(String(decoding: data, as: UTF8.self), terminator: ""); return }
+            guard let object = try JSONValue.parse(data).object, let value = object[field] else {
+                throw GPT2DistError(.usage, "\(RunStatus.fileName) has no field \"\(field)\"")
+            }
+            switch value {
+            case .null: print("")
+            case .string(let s): print(s)
+            default: print(value.description)
+            }
+        }
     }
 }

@@ -1,11 +1,14 @@
 import ArgumentParser
+import Checkpoint
 import Distributed
 import Foundation
+import Machine
 import Training
 
 struct Train: ParsableCommand {
-    static let configuration = CommandConfiguration(
+    static var configuration: CommandConfiguration { CommandConfiguration(
         abstract: "Train GPT-2 data-parallel (run under mpirun -np N, or alone as one rank).",
+        usage: "gpt2-dist train --data TOKENS --out RUN_DIR [--config MODEL.json | --init CKPT | --resume [CKPT]] [options]",
         discussion: """
         The global batch (--batch-size sequences of --seq-len tokens) is split into contiguous row blocks, \
         one per rank, each run as micro-batches (gradient accumulation fills the rest): \
@@ -22,22 +25,29 @@ struct Train: ParsableCommand {
 
         Example:
           mpirun -np 2 gpt2-dist train --config Configs/gpt2-small-cpu.json \\
-              --data data/shakespeare --val data/shakespeare --out runs/shakespeare --steps 300
+              --data data/shakespeare --val data/shakespeare \\
+              --out runs/shakespeare --steps 300
         """
-    )
+    ) }
 
-    /// Declares (for --help and the parser's checks) every option; the run itself re-reads the raw arguments
-    /// so that a run config and a checkpoint's stored settings can sit beneath them.
-    @OptionGroup var options: TrainOptions
-
-    /// The arguments after `train`, as given (set by main before parsing).
-    nonisolated(unsafe) static var commandLine: [String] = []
+    /// Everything after `train`: parsed by `TrainOptions`' own table (layered under a run config and a resumed
+    /// checkpoint's settings), so the parser and `--help` above come from the same declarations.
+    @Argument(parsing: .captureForPassthrough, help: .hidden) var arguments: [String] = []
 
     func run() throws {
+        // The arguments are ours to parse (see `arguments`), --help among them.
+        if arguments.contains(where: { $0 == "--help" || $0 == "-h" }) {
+            let columns = terminalColumns()
+            var general = GPT2Dist.helpMessage(for: Train.self, columns: columns)
+            if let options = general.range(of: "\nOPTIONS:") { general.removeSubrange(options.lowerBound...) }
+            print(general.trimmingCharacters(in: .newlines) + "\n\nOPTIONS:\n" + TrainOptions.helpMessage(columns: columns)
+                  + "\n  -h, --help              Show help information.")
+            return
+        }
         let comm = Communicator.initialize()
         do {
-            let o = try TrainOptions.resolve(commandLine: Train.commandLine, storedSettings: TrainCheckpoint.storedRunConfig)
-            try o.compute.apply()  // the trainer checks every other value itself (agreed across ranks)
+            let o = try TrainOptions.resolve(commandLine: arguments, storedSettings: TrainCheckpoint.storedRunConfig)
+            try Runtime.applyThreads(o.threads)  // the trainer checks every other value itself (agreed across ranks)
             try Trainer(options: o, comm: comm).run()
         } catch {
             // Every rank reaches here with the agreed (or identical) error; rank 0 reports it once.
@@ -47,4 +57,11 @@ struct Train: ParsableCommand {
         }
         comm.finalize()
     }
+}
+
+/// The terminal's width for help text (80 when output is not a terminal).
+func terminalColumns() -> Int {
+    var size = winsize()
+    if ioctl(STDOUT_FILENO, UInt(TIOCGWINSZ), &size) == 0, size.ws_col >= 40 { return Int(size.ws_col) }
+    return 80
 }

@@ -1,12 +1,12 @@
 import ArgumentParser
 import Foundation
+import Machine
 import Training
 
 // The OpenBLAS kernel must be chosen before the library loads: re-exec once with OPENBLAS_CORETYPE set.
 Runtime.ensureOpenBLASKernel()
 Console.install()
-let arguments = GPT2Dist.normalize(Array(CommandLine.arguments.dropFirst()))
-if arguments.first == "train" { Train.commandLine = Array(arguments.dropFirst()) }
+let arguments = Array(CommandLine.arguments.dropFirst())
 do {
     var command = try GPT2Dist.parseAsRoot(arguments)
     try command.run()

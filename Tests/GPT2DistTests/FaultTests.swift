@@ -3,6 +3,7 @@ import Foundation
 import GPT2
 import Testing
 @testable import Training
+import Common
 
 /// What users get wrong and what goes wrong around a run, through the release binary: every bad value is one
 /// error line and exit 1; checkpoints survive a full disk and damage; a signal to mpirun itself still ends
@@ -127,7 +128,8 @@ import Testing
 
     /// A real full filesystem (tmpfs, so root): the write fails, the run exits 1 with one line, the earlier
     /// checkpoint is intact, no temporary file is left, and --resume works once there is space.
-    @Test func diskFullWhileCheckpointingLosesNothing() throws {
+    @Test(.enabled(if: getuid() == 0, "needs root: mounts a small tmpfs to fill"))
+    func diskFullWhileCheckpointingLosesNothing() throws {
         let dir = tmpDir("diskfull")
         let cfg = try writeConfig(dir, dropRate: 0)
         // Measure the sizes first: one checkpoint, and what the writer checks for before it starts.
@@ -149,8 +151,8 @@ import Testing
             return p.terminationStatus
         }
         guard sh("mount -t tmpfs -o size=\(sizeKB)k gpt2dist-test \(mnt)") == 0 else {
-            if getuid() == 0 { Issue.record("could not mount a tmpfs as root") }
-            return  // not root: no way to make a small filesystem here
+            Issue.record("could not mount a tmpfs as root")
+            return
         }
         defer { _ = sh("umount \(mnt)") }
         let out = mnt + "/run"
@@ -195,14 +197,19 @@ import Testing
         let dir = tmpDir("align")
         let path = dir + "/metrics.h5"
         let log = try MetricsLog.openOrCreate(path: path, log: { _ in })
-        #expect(log.append(["step": 1, "train_loss": 5, "lr": 1, "grad_norm": 1, "tokens_per_s": 1, "ms_per_step": 1]) == nil)
-        // A write that stopped after two of six series (a crash, a full disk) ...
+        func row(_ step: Double, loss: Double) -> [String: Double] {
+            var r = Dictionary(uniqueKeysWithValues: MetricsLog.trainSeries.map { ($0, 1.0) })
+            r["step"] = step; r["train_loss"] = loss
+            return r
+        }
+        #expect(log.append(row(1, loss: 5)) == nil)
+        // A write that stopped after two of the series (a crash, a full disk) ...
         let f = try HDF5File.open(path, writable: true)
         try f.setLast("step", at: 1, 2)
         try f.setLast("train_loss", at: 1, 4)
         f.close()
         // ... is completed, not shifted, by the next row.
-        #expect(log.append(["step": 2, "train_loss": 4.5, "lr": 1, "grad_norm": 1, "tokens_per_s": 1, "ms_per_step": 1]) == nil)
+        #expect(log.append(row(2, loss: 4.5)) == nil)
         let m = try MetricsLog.read(path: path)
         for s in MetricsLog.trainSeries { #expect(m[s]?.count == 2, "\(s): \(m[s] ?? [])") }
         #expect(m["train_loss"] == [5, 4.5])
@@ -232,20 +239,53 @@ import Testing
     }
 
     @Test func optionsAreDeclaredOnceAndRoundTrip() throws {
-        var o = try TrainOptions.parsing(["--data", "d", "--out", "o", "--steps", "7", "--min-lr", "1e-5", "--shuffle",
-                                          "--no-overlap", "--init", "x.h5", "--threads", "1"])
+        var o = try TrainOptions().applying(arguments: ["--data", "d", "--out", "o", "--steps", "7", "--min-lr", "1e-5", "--shuffle",
+                                                        "--no-overlap", "--init", "x.h5", "--threads", "1", "--zero=1",
+                                                        "--lr-schedule", "cosine", "--resume"])
         o.recompute = true
-        // Flags, the stored JSON and run-config files are one mechanism: the JSON parses back to the same settings.
-        let back = try TrainOptions.parsing(try TrainOptions.arguments(fromJSON: Data(o.json.utf8), source: "stored", strict: true))
-        #expect(back.json == o.json)
+        #expect(o.resume == TrainOptions.newestCheckpoint && o.zero == .optimizer && o.lrSchedule == .cosine)
+        // Flags, the stored JSON and run-config files are one mechanism: the JSON reads back to the same settings.
+        let object = try TrainOptions.settingsObject(Data(o.json.utf8), source: "stored")
+        let back = try TrainOptions().applying(json: object, source: "stored", strict: true)
+        #expect(back == o)
         #expect(back.initFrom == "x.h5" && back.steps == 7 && back.shuffle && !back.overlap && back.recompute && back.minLr == 1e-5)
-        // Every declared name is one the parser accepts, and each has help.
-        for d in TrainOptions.declared { #expect(TrainOptions.canonicalName[d.name] == d.name, "\(d.name)") }
-        #expect(TrainOptions.canonicalName["init"] == "init-from")
+        // Every option of the struct is in the table: the JSON names each one set away from its default.
+        var changed = TrainOptions()
+        for option in TrainOptions.table where option.name != "run-config" {
+            let before = changed
+            // A value other than the default: cosine, ZeRO-1, and 3 (or 4 where 3 is the default) for numbers and
+            // strings; a flag set to the opposite of its default.
+            if option.takesValue {
+                try option.set(&changed, .argument(["lr-schedule": "cosine", "zero": "1"][option.name] ?? "3"), option.name)
+                if changed == before { try option.set(&changed, .argument("4"), option.name) }
+            } else {
+                try option.set(&changed, .negated, option.name)
+                if changed == before { try option.set(&changed, .argument(nil), option.name) }
+            }
+            #expect(changed != before, "--\(option.name) changes nothing")
+        }
+        #expect(try TrainOptions().applying(json: TrainOptions.settingsObject(Data(changed.json.utf8), source: "s"), source: "s", strict: true) == changed)
         // A checkpoint's stored settings skip what says where a run starts (and keys of other versions).
         let stored = #"{"steps": 9, "init-from": "a.h5", "config": "c.json", "threads": 2, "from-the-future": 1}"#
-        #expect(try TrainOptions.arguments(fromJSON: Data(stored.utf8), source: "s", strict: false) == ["--steps=9"])
-        // Help wraps at the terminal width: no hard breaks inside the options' paragraphs.
-        for line in TrainOptions.helpMessage(columns: 60).split(separator: "\n") { #expect(line.count <= 60, "\(line)") }
+        var expected = TrainOptions(); expected.steps = 9
+        #expect(try TrainOptions().applying(json: TrainOptions.settingsObject(Data(stored.utf8), source: "s"), source: "s", strict: false) == expected)
+        // Layering: defaults < stored < file < flags.
+        let dir = tmpDir("layering")
+        try #"{"steps": 11, "seed": 5, "lr": 0.002}"#.write(toFile: dir + "/run.json", atomically: true, encoding: .utf8)
+        let layered = try TrainOptions.resolve(commandLine: ["--run-config", dir + "/run.json", "--seed", "6", "--resume", "--out", dir],
+                                               storedSettings: { _, _ in #"{"steps": 20, "seed": 4, "lr": 0.001, "batch-size": 16}"# })
+        #expect(layered.batchSize == 16 && layered.lr == 0.002 && layered.steps == 11 && layered.seed == 6)
+        // Mistakes are one line naming the option.
+        for (args, needle) in [(["--stepz", "3"], "--stepz"), (["--steps"], "missing value for --steps"), (["--shuffle=1"], "--shuffle"),
+                               (["--zero", "2"], "--zero"), (["--lr-schedule", "linear"], "cosine, constant"), (["stray"], "stray")] {
+            #expect(throws: GPT2DistError.self) { try TrainOptions().applying(arguments: args) }
+            do { _ = try TrainOptions().applying(arguments: args) } catch {
+                #expect("\(error)".contains(needle) && !"\(error)".contains("\n"), "\(args): \(error)")
+            }
+        }
+        // Help wraps at the terminal width: no hard breaks inside the options' paragraphs; every option is listed.
+        let help = TrainOptions.helpMessage(columns: 60)
+        for line in help.split(separator: "\n") { #expect(line.count <= 60, "\(line)") }
+        for option in TrainOptions.table { #expect(help.contains("--" + option.name) || help.contains("--[no-]" + option.name)) }
     }
 }

@@ -6,6 +6,7 @@ import GPT2
 import Testing
 import Tokenizer
 import Training
+import Common
 
 struct ConfigTests {
     func parse(_ json: String) throws -> GPT2Config { try GPT2Config.parse(json: Data(json.utf8), source: "c.json") }
@@ -80,8 +81,8 @@ struct FileFormatTests {
         let st = try SafeTensorsFile(path: good)
         #expect(try st.floats("x") == values)
         var out = [Float](repeating: 0, count: 6)
-        #expect(throws: FileFormatError.self) { try st.readFloats("x", shape: [3, 2], into: &out) }
-        #expect(throws: FileFormatError.self) { try st.readFloats("y", shape: [2, 3], into: &out) }
+        #expect(throws: GPT2DistError.self) { try st.readFloats("x", shape: [3, 2], into: &out) }
+        #expect(throws: GPT2DistError.self) { try st.readFloats("y", shape: [2, 3], into: &out) }
         let bytes = try Data(contentsOf: URL(fileURLWithPath: good))
         func expectRejected(_ data: Data, _ needle: String) throws {
             let p = dir + "/bad.safetensors"
@@ -104,7 +105,7 @@ struct FileFormatTests {
         ints.withUnsafeMutableBytes { $0.storeBytes(of: UInt64(intHeader.utf8.count).littleEndian, as: UInt64.self) }
         try (ints + Data(intHeader.utf8) + Data(count: 24)).write(to: URL(fileURLWithPath: dir + "/int.safetensors"))
         let intFile = try SafeTensorsFile(path: dir + "/int.safetensors")
-        #expect(throws: FileFormatError.self) { try intFile.readFloats("x", shape: [2, 3], into: &out) }
+        #expect(throws: GPT2DistError.self) { try intFile.readFloats("x", shape: [2, 3], into: &out) }
     }
 
     @Test func corruptOrTruncatedCheckpointIsRejected() throws {
@@ -137,7 +138,7 @@ struct FileFormatTests {
         var x = [Int32](repeating: 0, count: 8), y = x
         order.fill(ds, step: 4, firstRow: 0, rows: 2, inputs: &x, targets: &y)  // step 4 -> span 1
         #expect(x == (8..<16).map { Int32($0) } && y == (9..<17).map { Int32($0) })
-        #expect(throws: DataError.self) { try TokenDataset(spec: dir, vocabSize: 20) }
+        #expect(throws: GPT2DistError.self) { try TokenDataset(spec: dir, vocabSize: 20) }
         let shuffled = try BatchOrder(tokenCount: 1000, batchSize: 2, seqLen: 4, shuffleSeed: 3)
         let firstEpoch = (0..<shuffled.spans).map { shuffled.span(step: $0) }
         #expect(Set(firstEpoch).count == shuffled.spans && firstEpoch != Array(0..<shuffled.spans))

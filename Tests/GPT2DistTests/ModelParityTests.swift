@@ -5,6 +5,7 @@ import Foundation
 import GPT2
 import Testing
 import Training
+import Common
 
 /// The Swift model against PyTorch + Hugging Face transformers on a small random GPT-2
 /// (fixtures from Tests/Fixtures/make_gpt2_fixtures.py).
@@ -178,6 +179,6 @@ struct HubFormatImportTests {
         pointers.last![0] += 1
         try SafeTensorsFile.write(path: dir + "/model.safetensors",
                                   tensors: zip(arrays, pointers).map { ($0.0, $0.1, UnsafePointer($1)) })
-        #expect(throws: FileFormatError.self) { try HuggingFace.load(directory: dir) }
+        #expect(throws: GPT2DistError.self) { try HuggingFace.load(directory: dir) }
     }
 }

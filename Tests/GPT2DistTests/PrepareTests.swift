@@ -2,6 +2,9 @@
 import Foundation
 import Testing
 import Tokenizer
+import Checkpoint
+import Common
+@testable import Prepare
 @testable import Training
 
 /// The GPT-2 vocabulary from Launch/fetch-data's data directory ($GPT2DIST_DATA if set, else <repo>/data).
@@ -117,7 +120,7 @@ func expectNoDataset(_ dir: String, sourceLocation: SourceLocation = #_sourceLoc
         m.shards[0].tokens = 11
         m.id = "0"
         try m.encoded().write(to: URL(fileURLWithPath: dir + "/" + DatasetManifest.fileName))
-        #expect(throws: DataError.self) { try DatasetManifest.load(directory: dir) }
+        #expect(throws: GPT2DistError.self) { try DatasetManifest.load(directory: dir) }
     }
 
     /// Directories (recursive), globs and JSONL in one corpus, read in blocks much smaller than it: documents in
@@ -166,7 +169,7 @@ func expectNoDataset(_ dir: String, sourceLocation: SourceLocation = #_sourceLoc
         #expect(try DatasetManifest.load(directory: dir + "/out") == m)
         #expect(!FileManager.default.fileExists(atPath: dir + "/out/.prepare-\(getpid())"))
         // Never over an existing dataset.
-        #expect(throws: TrainError.self) { _ = try p.run(tokenizer: tok) { _ in } }
+        #expect(throws: GPT2DistError.self) { _ = try p.run(tokenizer: tok) { _ in } }
     }
 
     /// One text file is one document: too few for document-level selection, so the last f of the tokens
@@ -229,7 +232,7 @@ func expectNoDataset(_ dir: String, sourceLocation: SourceLocation = #_sourceLoc
         #expect(attempt(dir + "/missing.txt").0?.contains("input not found") == true)
         try write("", dir + "/empty/e.txt")
         var p = DatasetPreparer(inputs: [dir + "/empty"], outDirectory: dir + "/out-empty")
-        #expect(throws: TrainError.self) { _ = try p.run(tokenizer: tok) { _ in } }
+        #expect(throws: GPT2DistError.self) { _ = try p.run(tokenizer: tok) { _ in } }
         expectNoDataset(dir + "/out-empty")
         p.inputs = [dir + "/in", dir + "/empty"]
         #expect(try p.run(tokenizer: tok) { _ in }.manifest.emptyDocumentsSkipped == 1)

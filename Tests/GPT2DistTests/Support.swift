@@ -1,3 +1,4 @@
+import Common
 import Autograd
 import Foundation
 import Testing

@@ -15,12 +15,12 @@ struct TrainingParityTests {
         let dir = tmpDir("parity")
         let initial = try HuggingFace.load(directory: fixtures + "/tiny-gpt2/hf")
         try ModelFile.save(model: initial, step: 0, to: dir + "/init.h5")
-        var o = try TrainOptions.parsing([])
+        var o = TrainOptions()
         o.initFrom = dir + "/init.h5"
         o.data = fixtures + "/tiny-gpt2/tokens.bin"
         o.out = dir + "/run"
         o.steps = 10; o.batchSize = 4; o.seqLen = 32
-        o.lr = 1e-3; o.lrSchedule = "constant"; o.warmupSteps = 0
+        o.lr = 1e-3; o.lrSchedule = .constant; o.warmupSteps = 0
         o.weightDecay = 0.1; o.beta1 = 0.9; o.beta2 = 0.95; o.eps = 1e-8; o.gradClip = 1.0
         try Trainer(options: o, comm: .initialize(), log: { _ in }).run()
 

@@ -21,9 +21,10 @@ public enum Parallel {
         }
     }
 
-    /// Calls `body(worker, item)` for every item, items dealt out dynamically (for uneven work, e.g. causal attention).
-    public static func forEach(_ count: Int, _ body: (Int, Int) -> Void) {
-        let t = min(threads, count)
+    /// Calls `body(worker, item)` for every item on `workers` threads (default: `threads`), items dealt out
+    /// dynamically (for uneven work: causal attention's rows, the tokenizer's chunks, prepare's segments).
+    public static func forEach(_ count: Int, workers: Int = threads, _ body: (Int, Int) -> Void) {
+        let t = min(workers, count)
         if t <= 1 {
             for i in 0..<count { body(0, i) }
             return

@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""Launch/plot_exposed.py: exposed communication per step against link rate, from sim-scaling.csv files.
+"""Launch/bench/plot_exposed.py: exposed communication per step against link rate, from sim-scaling.csv files.
 
-  python3 Launch/plot_exposed.py OUT.svg LABEL=runs/a/sim-scaling.csv [LABEL=runs/b/sim-scaling.csv ...]
+  python3 Launch/bench/plot_exposed.py OUT.svg LABEL=runs/a/sim-scaling.csv [LABEL=runs/b/sim-scaling.csv ...]
 
 Each CSV is what `Launch/scaling --sim-nodes N` writes (columns link, link_gbps, zero, measured_ms,
 measured_exposed_ms); one line per file and ZeRO setting, log-scaled link rate on x. Stdlib only.

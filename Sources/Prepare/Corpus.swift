@@ -1,3 +1,4 @@
+import Common
 import Foundation
 
 /// One input of `prepare`: a text file (one document) or a JSONL file (one document per line), either of them
@@ -13,46 +14,26 @@ public struct CorpusFile: Equatable, Sendable {
     /// patterns, in the order given; a directory's and a pattern's files sorted by path. An explicitly named file
     /// is JSONL when its name (without .gz) ends in .jsonl, text otherwise.
     public static func expand(_ specs: [String]) throws -> [CorpusFile] {
-        let fm = FileManager.default
         var files: [CorpusFile] = []
-        func add(_ path: String, explicit: Bool) throws {
-            var lower = path.lowercased()
-            let compressed = lower.hasSuffix(".gz")
-            if compressed { lower.removeLast(3) }
-            let kind: Kind = lower.hasSuffix(".jsonl") ? .jsonl : .text
-            guard explicit || lower.hasSuffix(".txt") || kind == .jsonl else { return }
-            guard let attributes = try? fm.attributesOfItem(atPath: path), let size = attributes[.size] as? Int,
-                  access(path, R_OK) == 0 else {
-                throw TrainError("cannot read input file \(path)")
-            }
-            files.append(CorpusFile(path: path, kind: kind, bytes: size, compressed: compressed))
-        }
-        func addDirectory(_ dir: String) throws {
-            guard let walker = fm.enumerator(atPath: dir) else { throw TrainError("cannot read input directory \(dir)") }
-            var found: [String] = []
-            while let rel = walker.nextObject() as? String {
-                let name = (rel as NSString).lastPathComponent
-                if name.hasPrefix(".") { walker.skipDescendants(); continue }
-                var isDir: ObjCBool = false
-                let full = dir + "/" + rel
-                if fm.fileExists(atPath: full, isDirectory: &isDir), !isDir.boolValue { found.append(full) }
-            }
-            for path in found.sorted() { try add(path, explicit: false) }
-        }
         for spec in specs {
-            var isDir: ObjCBool = false
-            if fm.fileExists(atPath: spec, isDirectory: &isDir) {
-                if isDir.boolValue { try addDirectory(spec) } else { try add(spec, explicit: true) }
-                continue
-            }
-            var g = glob_t()
-            defer { globfree(&g) }
-            guard glob(spec, 0, nil, &g) == 0, g.gl_pathc > 0 else { throw TrainError("input not found: \(spec)") }
-            for path in (0..<Int(g.gl_pathc)).compactMap({ g.gl_pathv[$0].map { String(cString: $0) } }) {
-                if fm.fileExists(atPath: path, isDirectory: &isDir), isDir.boolValue { try addDirectory(path) } else { try add(path, explicit: true) }
+            let matches = try PathSpec.expand(spec, recursive: true, accepts: { name in
+                var lower = name.lowercased()
+                if lower.hasSuffix(".gz") { lower.removeLast(3) }
+                return lower.hasSuffix(".txt") || lower.hasSuffix(".jsonl")
+            }, notFound: { "input not found: \($0)" })
+            for match in matches {
+                var lower = match.path.lowercased()
+                let compressed = lower.hasSuffix(".gz")
+                if compressed { lower.removeLast(3) }
+                guard let attributes = try? FileManager.default.attributesOfItem(atPath: match.path),
+                      let size = attributes[.size] as? Int, access(match.path, R_OK) == 0 else {
+                    throw GPT2DistError(.preparation, "cannot read input file \(match.path)")
+                }
+                files.append(CorpusFile(path: match.path, kind: lower.hasSuffix(".jsonl") ? .jsonl : .text, bytes: size,
+                                        compressed: compressed))
             }
         }
-        guard !files.isEmpty else { throw TrainError("no .txt or .jsonl files in \(specs.joined(separator: " "))") }
+        guard !files.isEmpty else { throw GPT2DistError(.preparation, "no .txt or .jsonl files in \(specs.joined(separator: " "))") }
         return files
     }
 }

@@ -1,6 +1,8 @@
 import CZlib
+import Common
 import Data
 import Foundation
+import Machine
 import Tokenizer
 
 /// Tokenizes a corpus of any size into llm.c token shards, streaming: text files (one document each) and JSONL
@@ -51,28 +53,10 @@ public struct DatasetPreparer {
     }
 
     public func run(tokenizer: GPT2Tokenizer, progress: (Progress) -> Void) throws -> Summary {
-        guard !inputs.isEmpty else { throw TrainError("give at least one --text input (file, directory or glob)") }
-        guard valFraction >= 0 && valFraction < 1 else { throw TrainError("--val-fraction must be in [0, 1)") }
-        guard shardTokens > 0 && shardTokens <= Int(Int32.max) else { throw TrainError("--shard-tokens must be in 1...\(Int32.max)") }
-        guard !jsonlField.isEmpty else { throw TrainError("--jsonl-field must not be empty") }
-        let fm = FileManager.default
-        let existing = ((try? fm.contentsOfDirectory(atPath: outDirectory)) ?? []).filter {
-            (($0.hasPrefix("train_") || $0.hasPrefix("val_")) && $0.hasSuffix(".bin")) || $0 == DatasetManifest.fileName
-        }
-        guard existing.isEmpty else {
-            throw TrainError("\(outDirectory) already holds a prepared dataset (\(existing.sorted()[0]), ...); not overwriting")
-        }
+        try checkSettings()
         let files = try CorpusFile.expand(inputs)
-        do { try fm.createDirectory(atPath: outDirectory, withIntermediateDirectories: true) } catch {
-            throw TrainError("cannot create output directory \(outDirectory)")
-        }
-        let staging = outDirectory + "/.prepare-\(getpid())"
-        try? fm.removeItem(atPath: staging)
-        do { try fm.createDirectory(atPath: staging, withIntermediateDirectories: true) } catch {
-            throw TrainError("cannot write to \(outDirectory)")
-        }
-        defer { try? fm.removeItem(atPath: staging) }
-
+        let staging = try makeStagingDirectory()
+        defer { try? FileManager.default.removeItem(atPath: staging) }
         let t0 = Date()
         var manifest = DatasetManifest()
         manifest.vocabulary = vocabulary
@@ -82,49 +66,84 @@ public struct DatasetPreparer {
         manifest.inputs = files.map { DatasetManifest.Input(path: $0.path, bytes: $0.bytes, documents: 0) }
         let train = ShardWriter(prefix: "train", directory: staging, shardTokens: shardTokens)
         let val = ShardWriter(prefix: "val", directory: staging, shardTokens: shardTokens)
+        var report = Progress(bytesTotal: files.reduce(0) { $0 + $1.bytes })
+        let merger = BlockMerger(manifest: manifest, train: train, val: val, valFraction: valFraction)
+        try tokenize(files, tokenizer: tokenizer, into: merger, report: &report, started: t0, progress: progress)
+        manifest = try finishSplits(merger, train: train, val: val)
+        guard FileManager.default.createFile(atPath: staging + "/" + DatasetManifest.fileName, contents: try manifest.encoded()) else {
+            throw GPT2DistError(.preparation, "cannot write \(staging)/\(DatasetManifest.fileName)")
+        }
+        report.bytesDone = report.bytesTotal; report.tokens = train.total + val.total
+        report.seconds = Date().timeIntervalSince(t0)
+        progress(report)
+        try publish(manifest, from: staging)
+        var summary = Summary(manifest: manifest)
+        summary.skippedExamples = merger.skippedExamples
+        summary.bytes = report.bytesTotal
+        summary.seconds = Date().timeIntervalSince(t0)
+        return summary
+    }
+
+    /// Every setting in range, and no dataset already in --out (never overwritten).
+    func checkSettings() throws {
+        guard !inputs.isEmpty else { throw GPT2DistError(.preparation, "give at least one --text input (file, directory or glob)") }
+        guard valFraction >= 0 && valFraction < 1 else { throw GPT2DistError(.preparation, "--val-fraction must be in [0, 1)") }
+        guard shardTokens > 0 && shardTokens <= Int(Int32.max) else { throw GPT2DistError(.preparation, "--shard-tokens must be in 1...\(Int32.max)") }
+        guard !jsonlField.isEmpty else { throw GPT2DistError(.preparation, "--jsonl-field must not be empty") }
+        let existing = ((try? FileManager.default.contentsOfDirectory(atPath: outDirectory)) ?? []).filter {
+            (($0.hasPrefix("train_") || $0.hasPrefix("val_")) && $0.hasSuffix(".bin")) || $0 == DatasetManifest.fileName
+        }
+        guard existing.isEmpty else {
+            throw GPT2DistError(.preparation, "\(outDirectory) already holds a prepared dataset (\(existing.sorted()[0]), ...); not overwriting")
+        }
+    }
+
+    /// OUT/.prepare-PID: shards are written here and moved into OUT only once all of them and the manifest are.
+    func makeStagingDirectory() throws -> String {
+        let fm = FileManager.default
+        do { try fm.createDirectory(atPath: outDirectory, withIntermediateDirectories: true) } catch {
+            throw GPT2DistError(.preparation, "cannot create output directory \(outDirectory)")
+        }
+        let staging = outDirectory + "/.prepare-\(getpid())"
+        try? fm.removeItem(atPath: staging)
+        do { try fm.createDirectory(atPath: staging, withIntermediateDirectories: true) } catch {
+            throw GPT2DistError(.preparation, "cannot write to \(outDirectory)")
+        }
+        return staging
+    }
+
+    /// The pipeline: the reader fills block k + 1 while the workers tokenize block k and the writer merges block
+    /// k - 1 into the shards (in corpus order, on its own thread). Ctrl-C stops it with nothing written.
+    func tokenize(_ files: [CorpusFile], tokenizer: GPT2Tokenizer, into merger: BlockMerger, report: inout Progress,
+                  started t0: Date, progress: (Progress) -> Void) throws {
         let reader = CorpusBlockReader(files: files, tokenizer: tokenizer, blockBytes: blockBytes, threads: threads)
         let workers = (0..<max(threads, 1)).map { _ in SegmentWorker(tokenizer: tokenizer, field: jsonlField, lossy: lossy, skipBadLines: skipBadLines) }
-        var summary = Summary(manifest: manifest)
-        var report = Progress(bytesTotal: files.reduce(0) { $0 + $1.bytes })
         var lastReport = Date.distantPast
-        // Two sets of results: the writer merges block k (in corpus order, on its own thread) while the
-        // workers tokenize block k + 1.
+        // Two sets of results: the writer merges one while the workers fill the other.
         var results: [[SegmentResult]] = [[], []]
-        let merger = BlockMerger(manifest: manifest, train: train, val: val, valFraction: valFraction)
-        let writer = DispatchQueue(label: "prepare.writer")
-        let writing = DispatchGroup()
-
-        var block = 0
+        let writer = DispatchQueue(label: "prepare.writer"), writing = DispatchGroup()
         let prefetcher = DispatchQueue(label: "prepare.reader")
+        var block = 0
         var more = try reader.nextBlock()
         while more {
             if StopSignal.requested {
                 writing.wait()
-                throw TrainError("interrupted by \(StopSignal.name); nothing was written to \(outDirectory)")
+                throw GPT2DistError(.preparation, "interrupted by \(StopSignal.name); nothing was written to \(outDirectory)")
             }
-            let segments = reader.segments
-            let buffer = reader.buffer
-            let slot = block % 2
+            let segments = reader.segments, buffer = reader.buffer, slot = block % 2
             while results[slot].count < segments.count { results[slot].append(SegmentResult()) }
             let set = results[slot]
             // Read the next block into the reader's other buffer while this one is tokenized.
-            let next = Prefetch()
-            let reading = DispatchGroup()
+            let next = Prefetch(), reading = DispatchGroup()
             reading.enter()
             prefetcher.async {
                 next.result = Result { try reader.nextBlock() }
                 reading.leave()
             }
             // Tokenize the block's segments on all threads, each thread taking the next segment in turn.
-            let lock = NSLock()
-            var nextSegment = 0
-            DispatchQueue.concurrentPerform(iterations: workers.count) { w in
-                while true {
-                    lock.lock(); let s = nextSegment; nextSegment += 1; lock.unlock()
-                    guard s < segments.count else { return }
-                    let seg = segments[s]
-                    workers[w].process(UnsafeBufferPointer(rebasing: buffer[seg.range]), seg, file: files[seg.file], into: set[s])
-                }
+            Parallel.forEach(segments.count, workers: workers.count) { w, s in
+                let seg = segments[s]
+                workers[w].process(UnsafeBufferPointer(rebasing: buffer[seg.range]), seg, file: files[seg.file], into: set[s])
             }
             reading.wait()
             writing.wait()   // block - 1 is merged: its counts are final, and its result set may be reused next
@@ -132,7 +151,7 @@ public struct DatasetPreparer {
             merger.manifest.emptyDocumentsSkipped += reader.takeEmptyFiles()
             report.bytesDone = reader.inputBytesDone
             report.documents = merger.documents
-            report.tokens = train.total + val.total
+            report.tokens = merger.train.total + merger.val.total
             report.seconds = Date().timeIntervalSince(t0)
             if Date().timeIntervalSince(lastReport) > 0.5 { progress(report); lastReport = Date() }
             writing.enter()
@@ -148,18 +167,21 @@ public struct DatasetPreparer {
         }
         writing.wait()
         if let e = merger.error { throw e }
-        manifest = merger.manifest
-        summary.skippedExamples = merger.skippedExamples
-        let documents = merger.documents
-        manifest.emptyDocumentsSkipped += reader.takeEmptyFiles()
+        merger.manifest.emptyDocumentsSkipped += reader.takeEmptyFiles()
+    }
+
+    /// Closes the shards and completes the manifest: how validation was chosen (whole documents, or the tail when
+    /// there are too few documents for that), the token counts, the shards and the dataset's id.
+    func finishSplits(_ merger: BlockMerger, train: ShardWriter, val: ShardWriter) throws -> DatasetManifest {
+        var manifest = merger.manifest
         try train.finish()
         try val.finish()
-        guard train.total + val.total > 0 else { throw TrainError("no text in \(inputs.joined(separator: " ")) (every document was empty)") }
+        guard train.total + val.total > 0 else { throw GPT2DistError(.preparation, "no text in \(inputs.joined(separator: " ")) (every document was empty)") }
         if val.total == 0 && valFraction > 0 {
             let count = Int(Double(train.total) * valFraction)
             try train.moveTail(count, to: val)
             try val.finish()
-            manifest.validation = "the last \(count) tokens (\(valFraction * 100)%): only \(documents) document(s), "
+            manifest.validation = "the last \(count) tokens (\(valFraction * 100)%): only \(merger.documents) document(s), "
                 + "fewer than the \(Int((1 / valFraction).rounded(.up))) that document-level selection needs"
         } else {
             manifest.validation = valFraction > 0
@@ -170,21 +192,16 @@ public struct DatasetPreparer {
         manifest.val.tokens = val.total
         manifest.shards = train.shards + val.shards
         manifest.id = DatasetManifest.identity(of: manifest.shards)
-        guard fm.createFile(atPath: staging + "/" + DatasetManifest.fileName, contents: try manifest.encoded()) else {
-            throw TrainError("cannot write \(staging)/\(DatasetManifest.fileName)")
-        }
-        report.bytesDone = report.bytesTotal; report.tokens = train.total + val.total
-        report.seconds = Date().timeIntervalSince(t0)
-        progress(report)
+        return manifest
+    }
+
+    /// Moves the finished shards and the manifest from staging into OUT.
+    func publish(_ manifest: DatasetManifest, from staging: String) throws {
         for name in manifest.shards.map(\.name) + [DatasetManifest.fileName] {
-            do { try fm.moveItem(atPath: staging + "/" + name, toPath: outDirectory + "/" + name) } catch {
-                throw TrainError("cannot move \(name) into \(outDirectory): \(error.localizedDescription)")
+            do { try FileManager.default.moveItem(atPath: staging + "/" + name, toPath: outDirectory + "/" + name) } catch {
+                throw GPT2DistError(.preparation, "cannot move \(name) into \(outDirectory): \(error.localizedDescription)")
             }
         }
-        summary.manifest = manifest
-        summary.bytes = report.bytesTotal
-        summary.seconds = Date().timeIntervalSince(t0)
-        return summary
     }
 
     /// Document d is validation when floor((d+1)·f) > floor(d·f): evenly spread, about f of all documents.
@@ -218,7 +235,7 @@ final class BlockMerger: @unchecked Sendable {
         do {
             for (s, seg) in segments.enumerated() {
                 let r = results[s]
-                if let e = r.error { throw TrainError(e) }
+                if let e = r.error { throw GPT2DistError(.preparation, e) }
                 manifest.emptyDocumentsSkipped += r.emptyDocuments
                 manifest.badLinesSkipped += r.badLines.count
                 manifest.invalidUtf8Replaced += r.replaced
@@ -427,11 +444,11 @@ final class InputFile {
         path = file.path
         if file.compressed {
             gz = gzopen(file.path, "rb")
-            guard let gz else { throw TrainError("cannot read input file \(file.path)") }
+            guard let gz else { throw GPT2DistError(.preparation, "cannot read input file \(file.path)") }
             gzbuffer(gz, 1 << 18)
         } else {
             fd = open(file.path, O_RDONLY)
-            guard fd >= 0 else { throw TrainError("cannot read input file \(file.path)") }
+            guard fd >= 0 else { throw GPT2DistError(.preparation, "cannot read input file \(file.path)") }
         }
     }
 
@@ -450,7 +467,7 @@ final class InputFile {
             var code: Int32 = 0
             let message = String(cString: gzerror(gz, &code))
             if got < 0 || (code != Z_OK && code != Z_STREAM_END) {
-                throw TrainError("\(path): not a valid gzip file (\(message))")
+                throw GPT2DistError(.preparation, "\(path): not a valid gzip file (\(message))")
             }
             return Int(got)
         }
@@ -458,7 +475,7 @@ final class InputFile {
             let got = Foundation.read(fd, p, count)
             if got < 0 {
                 if errno == EINTR { continue }
-                throw TrainError("cannot read \(path): \(String(cString: strerror(errno)))")
+                throw GPT2DistError(.preparation, "cannot read \(path): \(String(cString: strerror(errno)))")
             }
             position += got
             return got
@@ -651,7 +668,7 @@ final class ShardWriter {
     private func open() throws {
         let p = path(shards.count)
         guard FileManager.default.createFile(atPath: p, contents: nil), let h = FileHandle(forWritingAtPath: p) else {
-            throw TrainError("cannot write \(p)")
+            throw GPT2DistError(.preparation, "cannot write \(p)")
         }
         // The header assumes a full shard; the last one's is rewritten (and rehashed) when it closes short.
         let head = TokenShardFormat.header(tokens: shardTokens)
@@ -664,7 +681,7 @@ final class ShardWriter {
         guard let h = handle, !pending.isEmpty else { return }
         let bytes = pending.withUnsafeBytes { Data($0) }
         hasher.update(bytes)
-        do { try h.write(contentsOf: bytes) } catch { throw TrainError("cannot write \(path(shards.count)): \(error.localizedDescription)") }
+        do { try h.write(contentsOf: bytes) } catch { throw GPT2DistError(.preparation, "cannot write \(path(shards.count)): \(error.localizedDescription)") }
         inShard += pending.count
         pending.removeAll(keepingCapacity: true)
     }
@@ -726,8 +743,21 @@ final class ShardWriter {
 public func loadTokenizer(_ path: String) throws -> GPT2Tokenizer {
     var isDir: ObjCBool = false
     guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
-        throw TrainError("GPT-2 vocabulary not found at \(path) (run Launch/fetch-data, or pass --vocab)")
+        throw GPT2DistError(.preparation, "GPT-2 vocabulary not found at \(path) (run Launch/fetch-data, or pass --vocab)")
     }
     let url = URL(fileURLWithPath: path)
     return isDir.boolValue ? try GPT2Tokenizer(directory: url) : try GPT2Tokenizer(tiktokenFile: url)
+}
+
+/// A UTF-8 text file as one document of GPT-2 tokens, preceded by <|endoftext|> as `prepare` writes documents
+/// (for `eval --text`); every id must fit `vocabSize`.
+public func tokenizeDocument(path: String, vocabulary: String, vocabSize: Int) throws -> TokenDataset {
+    guard let raw = FileManager.default.contents(atPath: path), let text = String(data: raw, encoding: .utf8) else {
+        throw GPT2DistError(.usage, "cannot read UTF-8 text from \(path)")
+    }
+    let ids = [Int32(GPT2Tokenizer.endOfText)] + (try loadTokenizer(vocabulary)).encode(text, allowSpecial: false)
+    if let bad = ids.first(where: { Int($0) >= vocabSize }) {
+        throw GPT2DistError(.usage, "token id \(bad) of \(path) is out of range for the model's vocab_size \(vocabSize)")
+    }
+    return TokenDataset(tokens: ids.map { UInt16($0) })
 }

@@ -1,3 +1,4 @@
+import Distributed
 import GPT2
 
 /// Bytes one rank needs: parameters and gradients (4 + 4 B per parameter), AdamW m and v (8 B, or 8/N with
@@ -16,7 +17,7 @@ public struct MemoryEstimate {
     public var rootTotal: Double { total + checkpointGather }
 
     public init(config: GPT2Config, microBatch: Int, seqLen: Int, ranks: Int, zero: Bool, recompute: Bool,
-                activationBytes: Int? = nil, bucketMb: Double = TrainOptions.defaultBucketMb) {
+                activationBytes: Int? = nil, bucketMb: Double = BucketSchedule.defaultBucketMb) {
         let n = Double(config.parameterCount)
         parameters = 4 * n
         gradients = 4 * n

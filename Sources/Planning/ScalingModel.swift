@@ -1,6 +1,7 @@
 import Distributed
 import Foundation
 import GPT2
+import Machine
 
 /// A model of one data-parallel training step on a CPU cluster (README, "Scaling model"), built on the trainer's own
 /// bucket schedule: which gradient bytes can travel while which part of backward (or, with ZeRO-1, of the next
@@ -19,8 +20,7 @@ import GPT2
 /// - the CPU time of moving those bytes (`cpuSecondsPerByte`), added to compute: the communication thread runs on
 ///   the rank's own cores.
 /// - optimizer: AdamW streams p, g, m, v (28 bytes per parameter it updates) at the per-rank memory bandwidth.
-/// - memory per rank: parameters + gradients (8 B/param), AdamW m and v (8 B/param, or 8/ranks with ZeRO-1),
-///   activations of one micro-batch (counted from the real training graph).
+/// - memory per rank: `MemoryEstimate`, the formula `info` and train's startup prediction use (rank 0's, the largest).
 /// Assumptions: identical nodes, no stragglers, data loading free, the network full duplex at `networkBandwidth`
 /// per node in each direction and shared by that node's ranks.
 public struct ScalingModel {
@@ -29,7 +29,7 @@ public struct ScalingModel {
     public var sharedMemoryBandwidth: Double  // bytes/s of an intra-node all-reduce ring
     public var networkBandwidth: Double       // bytes/s per node and direction (one NIC)
     public var latency: Double                // seconds per message hop
-    public var bucketBytes: Double = 25 * 1_048_576
+    public var bucketBytes: Double = BucketSchedule.defaultBucketMb * 1_048_576
     /// CPU seconds a rank spends per byte it sends or receives (TCP copies, the reduction's adds), taken from its
     /// compute because the communication thread shares the rank's cores: 0.9 ns measured over veth here (124M at
     /// np 2: 4.84 s of forward+backward alone, 5.75 s while 1 GB per step went in and out). Real NICs with
@@ -48,24 +48,40 @@ public struct ScalingModel {
     /// the forward time of the ops that read region k (forward runs the regions in reverse order).
     public struct Timeline {
         public var forward: [Double], backward: [Double]
+
+        public init(forward: [Double], backward: [Double]) {
+            self.forward = forward
+            self.backward = backward
+        }
+
         public var forwardTotal: Double { forward.reduce(0, +) }
         public var backwardTotal: Double { backward.reduce(0, +) }
 
-        /// Counted: FLOPs per token of each region's ops at `flopsPerRank`. A linear layer of i x o weights: 2io
-        /// forward, 4io backward; the head 2VC and 4VC; attention (no parameters of its own) 4CT forward, charged to
-        /// attn.c_proj's region, and 8CT backward, charged to attn.c_attn's (nanoGPT's 12·L·C·T).
+        /// Counted: each op's FLOPs (`BlockOp.flops`; the head 2VC forward, 4VC backward) at `flopsPerRank`, charged
+        /// as `measure` charges time: an op's forward to the first region it or an op after it reads, its backward to
+        /// the first region it or an op before it completes (attention: forward to attn.c_proj, backward to attn.c_attn).
         public static func counted(config c: GPT2Config, microBatch: Int, seqLen: Int, flopsPerRank: Double) -> Timeline {
-            let C = Double(c.embDim), V = Double(c.vocabSize), L = c.nLayers
-            var forward = [Double](repeating: 0, count: c.gradientRegions.count), backward = forward
-            let perFLOP = Double(microBatch * seqLen) / flopsPerRank, attention = 4 * C * Double(seqLen)
-            forward[0] = 2 * V * C * perFLOP; backward[0] = 4 * V * C * perFLOP
-            // Per block op, in GPT2Config.blockOpsInBackwardOrder: weights i x o.
-            let weights: [Double] = [4 * C * C, 4 * C * C, 0, C * C, 3 * C * C, 0]
-            for l in 0..<L {
-                let base = 2 + 6 * (L - 1 - l)
-                for (j, w) in weights.enumerated() { forward[base + j] = 2 * w * perFLOP; backward[base + j] = 4 * w * perFLOP }
-                forward[base + 3] += attention * perFLOP
-                backward[base + 4] += 2 * attention * perFLOP
+            let region = c.gradientRegionIndex, V = Double(c.vocabSize), C = Double(c.embDim)
+            // The model's ops in forward order: FLOPs per token and the region each completes.
+            var ops: [(forward: Double, backward: Double, region: Int?)] = [(0, 0, region["wpe"])]
+            for l in 0..<c.nLayers {
+                for op in BlockOp.gpt2 {
+                    let f = op.flops(c, seqLen)
+                    ops.append((f.forward, f.backward, region["h.\(l).\(op.name)"]))
+                }
+            }
+            ops += [(0, 0, region["ln_f"]), (2 * V * C, 4 * V * C, region["wte"])]
+            let perFLOP = Double(microBatch * seqLen) / flopsPerRank
+            var forward = [Double](repeating: 0, count: region.count), backward = forward
+            var pending = 0.0
+            for op in ops {
+                pending += op.forward * perFLOP
+                if let k = op.region { forward[k] += pending; pending = 0 }
+            }
+            pending = 0
+            for op in ops.reversed() {
+                pending += op.backward * perFLOP
+                if let k = op.region { backward[k] += pending; pending = 0 }
             }
             return Timeline(forward: forward, backward: backward)
         }
@@ -180,7 +196,9 @@ public struct ScalingModel {
         s.tokensPerSecond = tokensPerRank * Double(ranks) / s.total
         let single = tokensPerRank / (computeAlone + 28 * n / memoryBandwidthPerRank)
         s.efficiency = s.tokensPerSecond / (single * Double(ranks))
-        s.bytesPerRank = 8 * n + 8 * n / Double(zero ? ranks : 1) + activationBytes
+        s.bytesPerRank = MemoryEstimate(config: config, microBatch: microBatch, seqLen: seqLen, ranks: ranks, zero: zero,
+                                        recompute: false, activationBytes: Int(activationBytes),
+                                        bucketMb: bucketBytes / 1_048_576).rootTotal
         return s
     }
 }

@@ -1,4 +1,5 @@
 import Autograd
+import Common
 import Foundation
 
 /// Process-level setup shared by every command: the OpenBLAS kernel, thread counts, resource figures.
@@ -28,9 +29,6 @@ public enum Runtime {
         return nil
     }
 
-    /// Cores this process may use (its affinity mask).
-    public static var availableCores: Int { ProcessInfo.processInfo.activeProcessorCount }
-
     /// Cores of this node (online), whatever this process is bound to.
     public static var nodeCores: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
 
@@ -52,6 +50,23 @@ public enum Runtime {
     public static func setThreads(_ n: Int) {
         BLAS.threads = n
         Parallel.threads = n
+    }
+
+    /// A requested thread count (nil: the default) must lie within this node's cores.
+    public static func checkThreads(_ requested: Int?) throws {
+        guard let t = requested else { return }
+        guard t >= 1 && t <= nodeCores else {
+            throw GPT2DistError(.usage, "--threads must be between 1 and the \(nodeCores) cores of this machine, got \(t)")
+        }
+    }
+
+    /// Sets the requested thread count (checked), or cores / ranks on this node; returns it.
+    @discardableResult
+    public static func applyThreads(_ requested: Int?) throws -> Int {
+        try checkThreads(requested)
+        let n = max(1, requested ?? defaultThreads(localRanks: localRanks))
+        setThreads(n)
+        return n
     }
 
     /// One line naming the BLAS kernel and thread count, for startup banners.
@@ -91,18 +106,4 @@ public enum Runtime {
         return best
     }
 
-    public static func formatBytes(_ b: Double) -> String {
-        let gib = 1_073_741_824.0, mib = 1_048_576.0
-        if b >= gib { return String(format: "%.2f GiB", b / gib) }
-        if b >= mib { return String(format: "%.1f MiB", b / mib) }
-        return String(format: "%.1f KiB", b / 1024)
-    }
-
-    public static func formatDuration(_ s: Double) -> String {
-        guard s.isFinite, s >= 0 else { return "?" }
-        let t = Int(s.rounded())
-        if t >= 3600 { return "\(t / 3600)h\(String(format: "%02d", t % 3600 / 60))m" }
-        if t >= 60 { return "\(t / 60)m\(String(format: "%02d", t % 60))s" }
-        return "\(t)s"
-    }
 }

@@ -2,7 +2,7 @@
 """tiktoken's single-thread encode throughput on a text file, to compare with `gpt2-dist bench-tokenizer`.
 
   pip install tiktoken   # offline is fine: the vocabulary file is given
-  python3 Launch/bench_tokenizer.py data/corpus/shakespeare_1mb.txt [--vocab data/gpt2/gpt2.tiktoken]
+  python3 Launch/bench/bench_tokenizer.py data/corpus/shakespeare_1mb.txt [--vocab data/gpt2/gpt2.tiktoken]
 """
 import argparse, time
 import tiktoken, tiktoken.load

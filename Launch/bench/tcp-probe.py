@@ -21,7 +21,7 @@ KB at a time) from a single-threaded non-blocking poll loop, like an MPI
 progress engine; 0 = as large as possible.
 
 Example:
-  python3 Launch/tcp-probe.py --ns-a nodeA --ns-b nodeB --addr-b 10.0.0.2 \
+  python3 Launch/bench/tcp-probe.py --ns-a nodeA --ns-b nodeB --addr-b 10.0.0.2 \
       --pattern exchange --mb 25 --rounds 20 --piece-kb 128 --repeats 3
 Output: one line per repeat with the time, the wire time at --rate-gbit and
 their ratio, plus the sender's TCP state (rtt, cwnd, retransmits) at the end.

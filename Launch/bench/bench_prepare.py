@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark of `gpt2-dist prepare` on a synthetic corpus larger than memory buffers (a benchmark, not a test).
 
-    python3 Launch/bench_prepare.py [--gb 2] [--dir /tmp/gpt2dist-bench-corpus] [--threads 2] [--check 50]
+    python3 Launch/bench/bench_prepare.py [--gb 2] [--dir /tmp/gpt2dist-bench-corpus] [--threads 2] [--check 50]
 
 Makes (once, deterministic) a corpus of about --gb GB: a directory tree of .txt files (one document each) and one
 large .jsonl file (one record per line), both assembled from random lines of the complete Shakespeare; runs
@@ -11,7 +11,7 @@ the manifest's validation rule gives).
 """
 import argparse, json, os, random, resource, subprocess, sys, time
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def make_corpus(root, gb, seed=1):

@@ -45,7 +45,7 @@ Purpose
     bytes on macOS; reported in bytes) - the whole process, incl. torch.
 
 How to run (from the repo root)
-    /work/venv/bin/python Launch/bench_pytorch.py --config Configs/gpt2-124M.json \
+    /work/venv/bin/python Launch/bench/bench_pytorch.py --config Configs/gpt2-124M.json \
         --batch-size 8 --seq-len 128 --steps 5 --threads 2 [--optimizer] \
         [--dropout-off] [--attn sdpa|eager] [--json]
 

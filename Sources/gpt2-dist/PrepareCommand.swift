@@ -1,9 +1,13 @@
 import ArgumentParser
+import Common
 import Foundation
+import Machine
+import Prepare
 import Training
 
-struct Prepare: ParsableCommand {
+struct PrepareCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
+        commandName: "prepare",
         abstract: "Tokenize a corpus of any size into llm.c .bin shards (train_*.bin, val_*.bin) and manifest.json.",
         discussion: """
         Inputs are files, directories (recursively: *.txt, *.jsonl and their .gz forms) and glob patterns. Each text file is one \
@@ -39,7 +43,7 @@ struct Prepare: ParsableCommand {
             var p = DatasetPreparer(inputs: text, outDirectory: out)
             p.valFraction = valFraction; p.shardTokens = shardTokens; p.lossy = lossy; p.threads = threads
             p.jsonlField = jsonlField; p.skipBadLines = skipBadLines
-            guard readBlockMb > 0 && readBlockMb <= 4096 else { throw TrainError("--read-block-mb must be in 1...4096") }
+            guard readBlockMb > 0 && readBlockMb <= 4096 else { throw GPT2DistError(.usage, "--read-block-mb must be in 1...4096") }
             p.blockBytes = readBlockMb << 20
             let tok = try loadTokenizer(vocab)
             p.vocabulary = try vocabularyIdentity(vocab)

@@ -1,22 +1,22 @@
 import Autograd
-import Checkpoint
+import Common
 import Foundation
 import GPT2
 
 /// A training checkpoint: the model file layout plus /optimizer/m and /optimizer/v (same names and shapes
-/// as /params) and root attributes step, tokens_seen, data_cursor, seed, adam_t, run_config (JSON) and, when the
-/// training data came with a manifest, data_id (the manifest's id).
+/// as /params) and root attributes step, tokens_seen, run_config (JSON of every option; the seed and the batch
+/// order follow from it and the step) and, when the training data came with a manifest, data_id (the manifest's
+/// id). Format version 1 also stored data_cursor, seed and adam_t, which equal step, run_config's seed and step:
+/// they are ignored on reading.
 /// Written atomically (temporary file, fsync, rename) and pointed to by `latest`.
 public struct TrainState {
     public var step: Int          // optimizer steps completed
     public var tokensSeen: Int
-    public var dataCursor: Int    // next batch index in the shared batch order
-    public var seed: Int
     public var runConfig: String
     public var dataIdentity: String?
 
-    public init(step: Int, tokensSeen: Int, dataCursor: Int, seed: Int, runConfig: String, dataIdentity: String? = nil) {
-        self.step = step; self.tokensSeen = tokensSeen; self.dataCursor = dataCursor; self.seed = seed; self.runConfig = runConfig
+    public init(step: Int, tokensSeen: Int, runConfig: String, dataIdentity: String? = nil) {
+        self.step = step; self.tokensSeen = tokensSeen; self.runConfig = runConfig
         self.dataIdentity = dataIdentity
     }
 }
@@ -42,8 +42,8 @@ public enum TrainCheckpoint {
             // handled, but leaves HDF5 less to clean up).
             let need = TrainCheckpoint.minimumBytes(parameterCount: model.parameters.count)
             if let free = AtomicFile.freeBytes(directory: pending.directory), free < need {
-                throw TrainError("not enough space for \(path): it needs \(Runtime.formatBytes(Double(need))), "
-                    + "\(Runtime.formatBytes(Double(free))) free (free some space, then --resume)")
+                throw GPT2DistError(.training, "not enough space for \(path): it needs \(Format.bytes(Double(need))), "
+                    + "\(Format.bytes(Double(free))) free (free some space, then --resume)")
             }
             file = try HDF5File.create(pending.temporaryPath)
             do {
@@ -73,9 +73,6 @@ public enum TrainCheckpoint {
         public func finish(_ state: TrainState) throws {
             do {
                 try file.setAttribute("/", "tokens_seen", int: state.tokensSeen)
-                try file.setAttribute("/", "data_cursor", int: state.dataCursor)
-                try file.setAttribute("/", "seed", int: state.seed)
-                try file.setAttribute("/", "adam_t", int: state.step)
                 try file.setAttribute("/", "run_config", string: state.runConfig)
                 if let id = state.dataIdentity { try file.setAttribute("/", "data_id", string: id) }
                 try file.closeChecked()
@@ -83,7 +80,7 @@ public enum TrainCheckpoint {
                 try pending.commit()
             } catch {
                 abandon()
-                throw TrainError("checkpoint \(path) not written, earlier ones are intact: \(error)")
+                throw GPT2DistError(.training, "checkpoint \(path) not written, earlier ones are intact: \(error)")
             }
         }
 
@@ -94,7 +91,7 @@ public enum TrainCheckpoint {
 
         func checkFinite(_ p: UnsafePointer<Float>, _ n: Int, _ what: String) throws {
             for i in 0..<n where !p[i].isFinite {
-                throw TrainError("refusing to write a checkpoint: \(what) hold a non-finite value")
+                throw GPT2DistError(.training, "refusing to write a checkpoint: \(what) hold a non-finite value")
             }
         }
     }
@@ -110,14 +107,13 @@ public enum TrainCheckpoint {
             file = try HDF5File.open(path)
             let cfg = try ModelFile.readConfig(file)
             guard cfg == model.config else {
-                throw TrainError("\(path): checkpoint model config \(cfg.jsonString.replacingOccurrences(of: "\n", with: "")) does not match the run's config")
+                throw GPT2DistError(.training, "\(path): checkpoint model config \(cfg.jsonString.replacingOccurrences(of: "\n", with: "")) does not match the run's config")
             }
             try ModelFile.readTensors(file, group: "/params", layout: model.parameters.layout, into: model.parameters.values.pointer)
             guard file.exists("/optimizer/m"), file.exists("/optimizer/v") else {
-                throw TrainError("\(path): no optimizer state (a model-only file); use --init to start from its weights")
+                throw GPT2DistError(.training, "\(path): no optimizer state (a model-only file); use --init to start from its weights")
             }
             state = TrainState(step: try file.intAttribute("/", "step"), tokensSeen: try file.intAttribute("/", "tokens_seen"),
-                               dataCursor: try file.intAttribute("/", "data_cursor"), seed: try file.intAttribute("/", "seed"),
                                runConfig: try file.stringAttribute("/", "run_config"),
                                dataIdentity: file.hasAttribute("/", "data_id") ? try file.stringAttribute("/", "data_id") : nil)
         }
@@ -138,6 +134,19 @@ public enum TrainCheckpoint {
         }
 
         public func close() { file.close() }
+    }
+
+    /// A checkpoint a person names: a file, a `latest` pointer (the file it names), or a run directory (its newest
+    /// complete checkpoint).
+    public static func resolve(_ spec: String) throws -> String {
+        var isDirectory: ObjCBool = false
+        if FileManager.default.fileExists(atPath: spec, isDirectory: &isDirectory), isDirectory.boolValue {
+            guard let path = newestComplete(directory: spec) else { throw GPT2DistError(.usage, "no complete checkpoint in \(spec)") }
+            return path
+        }
+        let url = URL(fileURLWithPath: spec), directory = url.deletingLastPathComponent().path
+        if url.lastPathComponent == "latest", let name = latestName(directory: directory) { return directory + "/" + name }
+        return spec
     }
 
     /// The value of a bare `--resume`: the newest complete checkpoint in --out, falling back to older ones.
@@ -218,17 +227,17 @@ public enum TrainCheckpoint {
     static func verifyStructure(path: String, layout: ParameterLayout, config: GPT2Config) throws {
         let f = try HDF5File.open(path)
         defer { f.close() }
-        guard try ModelFile.readConfig(f) == config else { throw TrainError("\(path): the model config read back differs") }
+        guard try ModelFile.readConfig(f) == config else { throw GPT2DistError(.training, "\(path): the model config read back differs") }
         for group in ["/params", "/optimizer/m", "/optimizer/v"] {
             for e in layout.entries {
                 let (shape, isFloat) = try f.datasetShape("\(group)/\(e.name)")
                 guard shape == e.shape, isFloat else {
-                    throw TrainError("\(path): \(group)/\(e.name) read back as \(shape), expected \(e.shape)")
+                    throw GPT2DistError(.training, "\(path): \(group)/\(e.name) read back as \(shape), expected \(e.shape)")
                 }
             }
         }
-        for a in ["step", "tokens_seen", "data_cursor", "seed", "adam_t", "run_config"] where !f.hasAttribute("/", a) {
-            throw TrainError("\(path): attribute \(a) missing after writing")
+        for a in ["step", "tokens_seen", "run_config"] where !f.hasAttribute("/", a) {
+            throw GPT2DistError(.training, "\(path): attribute \(a) missing after writing")
         }
     }
 

@@ -1,0 +1,21 @@
+import Foundation
+
+/// Human-readable quantities for progress lines and reports.
+public enum Format {
+    /// 1.5 KiB, 12.3 MiB, 2.79 GiB.
+    public static func bytes(_ b: Double) -> String {
+        let gib = 1_073_741_824.0, mib = 1_048_576.0
+        if b >= gib { return String(format: "%.2f GiB", b / gib) }
+        if b >= mib { return String(format: "%.1f MiB", b / mib) }
+        return String(format: "%.1f KiB", b / 1024)
+    }
+
+    /// 42s, 3m07s, 2h05m.
+    public static func duration(_ s: Double) -> String {
+        guard s.isFinite, s >= 0 else { return "?" }
+        let t = Int(s.rounded())
+        if t >= 3600 { return "\(t / 3600)h\(String(format: "%02d", t % 3600 / 60))m" }
+        if t >= 60 { return "\(t / 60)m\(String(format: "%02d", t % 60))s" }
+        return "\(t)s"
+    }
+}

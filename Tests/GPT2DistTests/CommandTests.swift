@@ -1,0 +1,103 @@
+import Checkpoint
+import Foundation
+import GPT2
+import Testing
+import Training
+
+/// Commands and records through the release binary: the collectives against a direct sum at np 2 and 3, a drifted
+/// replica caught by the checksum, status.json and metrics as scripts read them, `plot` and `import-hf`.
+@Suite(.serialized) struct CommandTests {
+    /// Every reduction and all-gather the trainer uses, on uneven bucket parts (100,003 floats, 4 buckets).
+    @Test(arguments: [2, 3]) func collectivesEqualADirectSum(ranks: Int) throws {
+        let r = try CLI.run(ranks: ranks, ["bench-comm", "--verify", "--floats", "100003", "--bucket-mb", "0.1", "--repeats", "1"])
+        #expect(r.status == 0, "\(r.stdout)\(r.stderr)")
+        let verdicts = r.stdout.split(separator: "\n").filter { $0.hasPrefix("verify: ") }
+        #expect(verdicts.count == 7 && verdicts.allSatisfy { $0.hasSuffix(": ok") }, "\(r.stdout)")
+    }
+
+    /// One rank's parameters changed after step 3: the checksum at step 4 stops the run on every rank with one
+    /// line, and status.json records the failure; with the check off the same run goes on.
+    @Test func aDriftedReplicaIsCaught() throws {
+        let dir = tmpDir("drift")
+        let cfg = try writeConfig(dir, dropRate: 0)
+        let drift = ["GPT2DIST_INJECT_DRIFT": "3"]
+        let caught = try CLI.run(ranks: 2, trainArgs(config: cfg, out: dir + "/checked", steps: 6, extra: ["--checksum-every", "2"]),
+                                 environment: drift)
+        #expect(caught.status != 0)
+        #expect(caught.stderr.contains("ranks hold different parameters"), "\(caught.stderr)")
+        let status = try RunStatus.read(runDirectory: dir + "/checked")
+        #expect(status?.state == .failed && status?.step == 4 && status?.reason.contains("different parameters") == true, "\(String(describing: status))")
+        let unchecked = try CLI.run(ranks: 2, trainArgs(config: cfg, out: dir + "/unchecked", steps: 6, extra: ["--checksum-every", "0"]),
+                                    environment: drift)
+        #expect(unchecked.status == 0, "\(unchecked.stderr)")
+    }
+
+    /// What launch scripts read: the status through `gpt2-dist status`, the per-step records through `metrics`.
+    @Test func statusAndMetricsAreRecordsNotLogLines() throws {
+        let dir = tmpDir("records")
+        let cfg = try writeConfig(dir, dropRate: 0)
+        let out = dir + "/run"
+        let r = try CLI.run(ranks: 2, trainArgs(config: cfg, out: out, steps: 4, extra: ["--ckpt-every", "3", "--zero", "1"]))
+        #expect(r.status == 0, "\(r.stderr)")
+        func field(_ name: String) throws -> String {
+            try CLI.run(["status", out, "--field", name]).stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        #expect(try field("state") == "finished")
+        #expect(try field("checkpoint_step") == "4" && field("checkpoint") == TrainCheckpoint.fileName(step: 4))
+        #expect(try field("ranks") == "2" && field("steps") == "4")
+        let status = try #require(try RunStatus.read(runDirectory: out))
+        #expect(status.peakRSSBytes?.count == 2 && status.peakRSSBytes!.allSatisfy { $0 > 10_000_000 })
+        let csv = try CLI.run(["metrics", out]).stdout.split(separator: "\n")
+        #expect(csv.first.map(String.init) == MetricsLog.trainSeries.joined(separator: ","))
+        #expect(csv.count == 5, "\(csv)")
+        let comm = MetricsLog.trainSeries.firstIndex(of: "comm_ms")!, exposed = MetricsLog.trainSeries.firstIndex(of: "exposed_ms")!
+        for row in csv.dropFirst() {
+            let cells = row.split(separator: ",", omittingEmptySubsequences: false).map { Double($0) }
+            #expect(cells.count == MetricsLog.trainSeries.count && cells.allSatisfy { $0 != nil }, "\(row)")
+            #expect((cells[comm] ?? 0) > 0, "two ranks communicate every step: \(row)")  // ZeRO-1's collectives
+            #expect((cells[exposed] ?? -1) >= 0)
+        }
+        // A directory without a run: one line, exit 1.
+        let none = try CLI.run(["status", dir])
+        #expect(none.status == 1 && none.stderr.contains("no status.json"), "\(none.stderr)")
+        // Resumed and stopped by a signal: "stopped", with the checkpoint it stopped at.
+        let stop = CLI.process(ranks: 0, trainArgs(config: cfg, out: out, steps: 100_000, extra: ["--resume", "--ckpt-every", "100000"]))
+        let log = dir + "/stop.log"
+        try CLI.startAsFromShell(stop, logPath: log)
+        #expect(waitUntil(seconds: 60) { ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").contains("step 8/") })
+        kill(stop.processIdentifier, SIGTERM)
+        stop.waitUntilExit()
+        #expect(stop.terminationStatus == 0)
+        let stopped = try #require(try RunStatus.read(runDirectory: out))
+        #expect(stopped.state == .stopped && stopped.reason == "SIGTERM" && stopped.checkpointStep == stopped.step && stopped.step >= 8,
+                "\(stopped)")
+    }
+
+    /// `plot` redraws loss.svg from metrics.h5; `import-hf` writes a checkpoint equal to the Hugging Face model and
+    /// never overwrites a file.
+    @Test func plotAndImportHF() throws {
+        let dir = tmpDir("plot-import")
+        let cfg = try writeConfig(dir, dropRate: 0)
+        let out = dir + "/run"
+        #expect(try CLI.run(trainArgs(config: cfg, out: out, steps: 3)).status == 0)
+        try FileManager.default.removeItem(atPath: out + "/loss.svg")
+        let plot = try CLI.run(["plot", out])
+        #expect(plot.status == 0, "\(plot.stderr)")
+        let svg = try String(contentsOfFile: out + "/loss.svg", encoding: .utf8)
+        #expect(svg.hasPrefix("<svg") && svg.contains("<path") && svg.contains("run"), "\(svg.prefix(300))")
+        let noRun = try CLI.run(["plot", dir + "/nothing"])
+        #expect(noRun.status == 1 && noRun.stderr.split(separator: "\n").count == 1, "\(noRun.stderr)")
+
+        let h5 = dir + "/imported.h5"
+        let imported = try CLI.run(["import-hf", "--from", fixtures + "/tiny-gpt2/hf", "--out", h5])
+        #expect(imported.status == 0, "\(imported.stderr)")
+        let reference = try HuggingFace.load(directory: fixtures + "/tiny-gpt2/hf")
+        let (model, step) = try ModelFile.load(path: h5)
+        #expect(step == 0 && model.config == reference.config)
+        let count = model.parameters.count
+        #expect(Array(UnsafeBufferPointer(start: model.parameters.values.pointer, count: count))
+                == Array(UnsafeBufferPointer(start: reference.parameters.values.pointer, count: count)))
+        let again = try CLI.run(["import-hf", "--from", fixtures + "/tiny-gpt2/hf", "--out", h5])
+        #expect(again.status == 1 && again.stderr.contains("not overwriting"), "\(again.stderr)")
+    }
+}

@@ -31,7 +31,10 @@ let package = Package(
         // human-readable sizes and file/directory/glob arguments.
         .target(name: "Common", swiftSettings: fast),
         // Reverse-mode autograd over coarse ops with hand-written kernels; knows nothing of files or MPI.
-        .target(name: "Autograd", dependencies: ["CBLAS", "Common"], swiftSettings: fast),
+        // oneDNN's bf16 matmul, opened at run time (dlopen): fp32 runs never need the library; the build needs its
+        // header (Debian's libdnnl-dev, which Launch/setup installs).
+        .target(name: "CDNNL", cSettings: [.unsafeFlags(["-O2"])], linkerSettings: [.linkedLibrary("dl")]),
+        .target(name: "Autograd", dependencies: ["CBLAS", "CDNNL", "Common"], swiftSettings: fast),
         // The GPT-2 model on the autograd core: the block defined once (Block.swift), its layout, graph and decoder.
         .target(name: "GPT2", dependencies: ["Autograd"], swiftSettings: fast),
         // GPT-2's byte-level BPE.

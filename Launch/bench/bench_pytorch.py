@@ -142,6 +142,8 @@ def main():
     ap.add_argument("--optimizer", action="store_true", help="include an AdamW update in each step")
     ap.add_argument("--dropout-off", action="store_true", help="all dropout rates 0 (default: the config's drop_rate)")
     ap.add_argument("--attn", choices=["sdpa", "eager"], default="sdpa", help="HF attention implementation")
+    ap.add_argument("--amp", choices=["off", "bf16"], default="off",
+                    help="bf16: forward and loss under torch.autocast('cpu', dtype=torch.bfloat16), as gpt2-dist --precision bf16")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
     hf_logging.set_verbosity_error()  # keep transformers' config warnings / progress bars off stderr
@@ -180,8 +182,9 @@ def main():
     for s in range(args.steps + 1):
         t0 = time.perf_counter()
         model.zero_grad(set_to_none=True)
-        logits = model(input_ids=x).logits
-        loss = F.cross_entropy(logits.view(-1, V), y.view(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.amp == "bf16"):
+            logits = model(input_ids=x).logits
+            loss = F.cross_entropy(logits.view(-1, V).float(), y.view(-1))
         t1 = time.perf_counter()
         loss.backward()
         t2 = time.perf_counter()
@@ -214,6 +217,7 @@ def main():
             "threads": threads,
             "torch_version": torch.__version__,
             "attn": args.attn,
+            "amp": args.amp,
             "dropout": dropout,
             "params": n_params,
             "flops_per_token": flops_per_token,

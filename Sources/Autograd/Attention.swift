@@ -14,9 +14,10 @@ public final class CausalSelfAttentionOp: Op {
     let scratch: UnsafeMutablePointer<Float>  // per worker: 3 * T * T
     let batch: Int, seqLen: Int, heads: Int, channels: Int, headSize: Int, workers: Int
     let dropRate: Float, site: UInt64, context: StepContext
+    let matmul: Matmul
 
     public init(qkv: Tensor, out: Tensor, batch: Int, seqLen: Int, heads: Int,
-                dropRate: Float = 0, site: UInt64 = 0, context: StepContext, arena: ActivationArena) {
+                dropRate: Float = 0, site: UInt64 = 0, context: StepContext, arena: ActivationArena, matmul: Matmul = .fp32) {
         channels = out.lastDimension
         precondition(channels % heads == 0, "emb_dim must be divisible by n_heads")
         precondition(qkv.count == batch * seqLen * 3 * channels && out.count == batch * seqLen * channels)
@@ -26,6 +27,9 @@ public final class CausalSelfAttentionOp: Op {
         lse = arena.scratch(batch * heads * seqLen)
         workers = max(Parallel.threads, 1)
         scratch = arena.scratch(workers * 3 * seqLen * seqLen)
+        self.matmul = matmul
+        // Each worker's products: a row block of P or dP against a head's T x hs slice.
+        matmul.reserve(floats: max(Self.rowBlock * seqLen, seqLen * headSize), workers: workers)
     }
 
     var dropping: Bool { context.training && dropRate > 0 }
@@ -63,12 +67,12 @@ public final class CausalSelfAttentionOp: Op {
 
     /// Scaled scores S = Q K^T / sqrt(hs) of one (batch, head) into `s` [T, T] (row block [i0, i1): columns < i1).
     @inline(__always)
-    func scores(_ item: Int, into s: UnsafeMutablePointer<Float>) {
+    func scores(_ item: Int, into s: UnsafeMutablePointer<Float>, worker: Int) {
         let T = seqLen, C3 = 3 * channels, b = item / heads, h = item % heads
         let q = qkv.data + b * T * C3 + h * headSize
         forEachRowBlock { i0, i1 in
-            BLAS.gemm(.none, .transpose, m: i1 - i0, n: i1, k: headSize, alpha: 1 / Float(headSize).squareRoot(),
-                      a: q + i0 * C3, lda: C3, b: q + channels, ldb: C3, beta: 0, c: s + i0 * T, ldc: T)
+            matmul.gemm(.none, .transpose, m: i1 - i0, n: i1, k: headSize, alpha: 1 / Float(headSize).squareRoot(),
+                      a: q + i0 * C3, lda: C3, b: q + channels, ldb: C3, beta: 0, c: s + i0 * T, ldc: T, worker: worker)
         }
     }
 
@@ -79,7 +83,7 @@ public final class CausalSelfAttentionOp: Op {
                 let b = item / heads, h = item % heads
                 let v = qkv.data + b * T * C3 + h * hs + 2 * C
                 let p = scratch + w * 3 * T * T
-                scores(item, into: p)
+                scores(item, into: p, worker: w)
                 for i in 0..<T {
                     let row = p + i * T
                     lse[item * T + i] = Kernels.softmax(row, i + 1)
@@ -93,8 +97,8 @@ public final class CausalSelfAttentionOp: Op {
                 }
                 let o = out.data + b * T * C + h * hs
                 forEachRowBlock { i0, i1 in
-                    BLAS.gemm(.none, .none, m: i1 - i0, n: hs, k: i1, a: pUsed + i0 * T, lda: T, b: v, ldb: C3, beta: 0,
-                              c: o + i0 * C, ldc: C)
+                    matmul.gemm(.none, .none, m: i1 - i0, n: hs, k: i1, a: pUsed + i0 * T, lda: T, b: v, ldb: C3, beta: 0,
+                              c: o + i0 * C, ldc: C, worker: w)
                 }
             }
         }
@@ -113,7 +117,7 @@ public final class CausalSelfAttentionOp: Op {
                 let dO = dout + b * T * C + h * hs
                 let p = scratch + w * 3 * T * T, dp = p + T * T, pd = dp + T * T
                 // P = exp(S - lse), recomputed.
-                scores(item, into: p)
+                scores(item, into: p, worker: w)
                 for i in 0..<T {
                     let row = p + i * T, m = Vec(repeating: lse[item * T + i])
                     var j = 0
@@ -125,10 +129,10 @@ public final class CausalSelfAttentionOp: Op {
                 if dropping { droppedProbs(p, pd, key: maskKey(b, h)); pUsed = UnsafePointer(pd) }
                 // dV += P'^T dO ; dP' = dO V^T (block [i0, i1) touches columns < i1 only)
                 forEachRowBlock { i0, i1 in
-                    BLAS.gemm(.transpose, .none, m: i1, n: hs, k: i1 - i0, a: pUsed + i0 * T, lda: T, b: dO + i0 * C, ldb: C,
-                              beta: 1, c: dv, ldc: C3)
-                    BLAS.gemm(.none, .transpose, m: i1 - i0, n: i1, k: hs, a: dO + i0 * C, lda: C, b: v, ldb: C3, beta: 0,
-                              c: dp + i0 * T, ldc: T)
+                    matmul.gemm(.transpose, .none, m: i1, n: hs, k: i1 - i0, a: pUsed + i0 * T, lda: T, b: dO + i0 * C, ldb: C,
+                              beta: 1, c: dv, ldc: C3, worker: w)
+                    matmul.gemm(.none, .transpose, m: i1 - i0, n: i1, k: hs, a: dO + i0 * C, lda: C, b: v, ldb: C3, beta: 0,
+                              c: dp + i0 * T, ldc: T, worker: w)
                 }
                 let inv = 1 / (1 - dropRate)
                 for i in 0..<T {
@@ -146,10 +150,10 @@ public final class CausalSelfAttentionOp: Op {
                 }
                 // dQ += scale * dS K ; dK += scale * dS^T Q
                 forEachRowBlock { i0, i1 in
-                    BLAS.gemm(.none, .none, m: i1 - i0, n: hs, k: i1, alpha: scale, a: dp + i0 * T, lda: T, b: k, ldb: C3,
-                              beta: 1, c: dq + i0 * C3, ldc: C3)
-                    BLAS.gemm(.transpose, .none, m: i1, n: hs, k: i1 - i0, alpha: scale, a: dp + i0 * T, lda: T,
-                              b: q + i0 * C3, ldb: C3, beta: 1, c: dk, ldc: C3)
+                    matmul.gemm(.none, .none, m: i1 - i0, n: hs, k: i1, alpha: scale, a: dp + i0 * T, lda: T, b: k, ldb: C3,
+                              beta: 1, c: dq + i0 * C3, ldc: C3, worker: w)
+                    matmul.gemm(.transpose, .none, m: i1, n: hs, k: i1 - i0, alpha: scale, a: dp + i0 * T, lda: T,
+                              b: q + i0 * C3, ldb: C3, beta: 1, c: dk, ldc: C3, worker: w)
                 }
             }
         }

@@ -229,14 +229,16 @@ public final class LinearOp: Op {
     let x: Tensor, weight: Tensor, bias: Tensor?, out: Tensor
     let ones: UnsafeMutablePointer<Float>
     let n: Int, inputs: Int, outputs: Int
+    let matmul: Matmul
 
-    public init(x: Tensor, weight: Tensor, bias: Tensor?, out: Tensor, arena: ActivationArena) {
+    public init(x: Tensor, weight: Tensor, bias: Tensor?, out: Tensor, arena: ActivationArena, matmul: Matmul = .fp32) {
         n = x.rows; inputs = x.lastDimension; outputs = weight.shape[1]
         precondition(weight.shape == [inputs, outputs] && out.rows == n && out.lastDimension == outputs)
         precondition(bias == nil || bias!.count == outputs)
-        self.x = x; self.weight = weight; self.bias = bias; self.out = out
+        self.x = x; self.weight = weight; self.bias = bias; self.out = out; self.matmul = matmul
         ones = arena.scratch(n)
         for i in 0..<n { ones[i] = 1 }
+        matmul.reserve(floats: max(n * inputs, inputs * outputs, n * outputs))
     }
 
     public func forward() {
@@ -245,18 +247,18 @@ public final class LinearOp: Op {
                 for r in rows { memcpy(out.data + r * outputs, b.data, outputs * 4) }
             }
         }
-        BLAS.gemm(.none, .none, m: n, n: outputs, k: inputs, a: x.data, lda: inputs, b: weight.data, ldb: outputs,
-                  beta: bias == nil ? 0 : 1, c: out.data, ldc: outputs)
+        matmul.gemm(.none, .none, m: n, n: outputs, k: inputs, a: x.data, lda: inputs, b: weight.data, ldb: outputs,
+                    beta: bias == nil ? 0 : 1, c: out.data, ldc: outputs)
     }
 
     public func backward() {
         let dout = out.grad!
         if let dx = x.grad {
-            BLAS.gemm(.none, .transpose, m: n, n: inputs, k: outputs, a: dout, lda: outputs, b: weight.data,
-                      ldb: outputs, beta: 1, c: dx, ldc: inputs)
+            matmul.gemm(.none, .transpose, m: n, n: inputs, k: outputs, a: dout, lda: outputs, b: weight.data,
+                        ldb: outputs, beta: 1, c: dx, ldc: inputs)
         }
-        BLAS.gemm(.transpose, .none, m: inputs, n: outputs, k: n, a: x.data, lda: inputs, b: dout, ldb: outputs,
-                  beta: 1, c: weight.grad!, ldc: outputs)
+        matmul.gemm(.transpose, .none, m: inputs, n: outputs, k: n, a: x.data, lda: inputs, b: dout, ldb: outputs,
+                    beta: 1, c: weight.grad!, ldc: outputs)
         if let b = bias {
             BLAS.gemv(.transpose, m: n, n: outputs, a: dout, lda: outputs, x: ones, beta: 1, y: b.grad!)
         }
@@ -268,24 +270,38 @@ public final class LinearOp: Op {
 public final class TiedHeadOp: Op {
     let x: Tensor, wte: Tensor, logits: Tensor
     let n: Int, channels: Int, vocab: Int
+    let matmul: Matmul
+    /// Vocabulary rows per product: all of them in fp32; in bf16 blocks, so rounded operands need little scratch.
+    let block: Int
 
-    public init(x: Tensor, wte: Tensor, logits: Tensor) {
+    public init(x: Tensor, wte: Tensor, logits: Tensor, matmul: Matmul = .fp32) {
         n = x.rows; channels = x.lastDimension; vocab = wte.shape[0]
         precondition(wte.shape[1] == channels && logits.rows == n && logits.lastDimension == vocab)
-        self.x = x; self.wte = wte; self.logits = logits
+        self.x = x; self.wte = wte; self.logits = logits; self.matmul = matmul
+        block = matmul.precision == .fp32 ? vocab : min(vocab, 4096)
+        matmul.reserve(floats: max(n * channels, block * channels, n * block))
     }
 
     public func forward() {
-        BLAS.gemm(.none, .transpose, m: n, n: vocab, k: channels, a: x.data, lda: channels, b: wte.data,
-                  ldb: channels, beta: 0, c: logits.data, ldc: vocab)
+        for v0 in stride(from: 0, to: vocab, by: block) {
+            let rows = min(block, vocab - v0)
+            matmul.gemm(.none, .transpose, m: n, n: rows, k: channels, a: x.data, lda: channels, b: wte.data + v0 * channels,
+                        ldb: channels, beta: 0, c: logits.data + v0, ldc: vocab)
+        }
     }
 
     public func backward() {
         let dl = logits.grad!
-        BLAS.gemm(.none, .none, m: n, n: channels, k: vocab, a: dl, lda: vocab, b: wte.data, ldb: channels,
-                  beta: 1, c: x.grad!, ldc: channels)
-        BLAS.gemm(.transpose, .none, m: vocab, n: channels, k: n, a: dl, lda: vocab, b: x.data, ldb: channels,
-                  beta: 1, c: wte.grad!, ldc: channels)
+        // The logits' gradient feeds only these two products: in bf16, round it once, in place.
+        let rounded = matmul.precision == .bf16
+        if rounded { BF16.round(dl, rows: n, cols: vocab, ld: vocab, into: dl, parallel: true) }
+        for v0 in stride(from: 0, to: vocab, by: block) {
+            let rows = min(block, vocab - v0)
+            matmul.gemm(.none, .none, m: n, n: channels, k: rows, a: dl + v0, lda: vocab, b: wte.data + v0 * channels,
+                        ldb: channels, beta: 1, c: x.grad!, ldc: channels, aIsBF16: rounded)
+            matmul.gemm(.transpose, .none, m: rows, n: channels, k: n, a: dl + v0, lda: vocab, b: x.data, ldb: channels,
+                        beta: 1, c: wte.grad! + v0 * channels, ldc: channels, aIsBF16: rounded)
+        }
     }
 }
 
@@ -498,21 +514,30 @@ public final class ChunkedHeadCrossEntropyOp: LossOp {
     public private(set) var loss: Float = 0
     public private(set) var lossSum: Double = 0
 
-    public init(x: Tensor, wte: Tensor, targets: TokenBuffer, chunkRows: Int = 256, arena: ActivationArena) {
+    let matmul: Matmul
+    /// Vocabulary rows per product (all of them in fp32; blocks in bf16, as `TiedHeadOp`).
+    let block: Int
+
+    public init(x: Tensor, wte: Tensor, targets: TokenBuffer, chunkRows: Int = 256, arena: ActivationArena,
+                matmul: Matmul = .fp32) {
         rows = x.rows; channels = x.lastDimension; vocab = wte.shape[0]
         precondition(wte.shape[1] == channels && targets.count >= rows && chunkRows > 0)
-        self.x = x; self.wte = wte; self.targets = targets
+        self.x = x; self.wte = wte; self.targets = targets; self.matmul = matmul
         self.chunkRows = min(chunkRows, rows)
         scratch = arena.scratch(self.chunkRows * vocab)
         lse = arena.scratch(rows); rowLoss = arena.scratch(rows)
         gradScale = 1 / Float(rows)
+        block = matmul.precision == .fp32 ? vocab : min(vocab, 4096)
+        matmul.reserve(floats: max(self.chunkRows * channels, block * channels, self.chunkRows * block))
     }
 
     /// Logits of rows [r0, r0 + n) into the scratch buffer.
     @inline(__always)
     func logits(_ r0: Int, _ n: Int) {
-        BLAS.gemm(.none, .transpose, m: n, n: vocab, k: channels, a: x.data + r0 * channels, lda: channels,
-                  b: wte.data, ldb: channels, beta: 0, c: scratch, ldc: vocab)
+        for v0 in stride(from: 0, to: vocab, by: block) {
+            matmul.gemm(.none, .transpose, m: n, n: min(block, vocab - v0), k: channels, a: x.data + r0 * channels, lda: channels,
+                        b: wte.data + v0 * channels, ldb: channels, beta: 0, c: scratch + v0, ldc: vocab)
+        }
     }
 
     public func forward() {
@@ -553,10 +578,15 @@ public final class ChunkedHeadCrossEntropyOp: LossOp {
                     d[Int(targets.pointer[r0 + i])] -= scale
                 }
             }
-            BLAS.gemm(.none, .none, m: n, n: C, k: V, a: scratch, lda: V, b: wte.data, ldb: C, beta: 1,
-                      c: x.grad! + r0 * C, ldc: C)
-            BLAS.gemm(.transpose, .none, m: V, n: C, k: n, a: scratch, lda: V, b: x.data + r0 * C, ldb: C, beta: 1,
-                      c: wte.grad!, ldc: C)
+            let rounded = matmul.precision == .bf16
+            if rounded { BF16.round(scratch, rows: n, cols: V, ld: V, into: scratch, parallel: true) }
+            for v0 in stride(from: 0, to: V, by: block) {
+                let rv = min(block, V - v0)
+                matmul.gemm(.none, .none, m: n, n: C, k: rv, a: scratch + v0, lda: V, b: wte.data + v0 * C, ldb: C, beta: 1,
+                            c: x.grad! + r0 * C, ldc: C, aIsBF16: rounded)
+                matmul.gemm(.transpose, .none, m: rv, n: C, k: n, a: scratch + v0, lda: V, b: x.data + r0 * C, ldb: C, beta: 1,
+                            c: wte.grad! + v0 * C, ldc: C, aIsBF16: rounded)
+            }
             r0 += n
         }
     }

@@ -25,6 +25,8 @@ public final class StepContext: @unchecked Sendable {
 public final class Tape {
     public let arena = ActivationArena()
     public let context = StepContext()
+    /// The products of this tape, at its precision (with their scratch for rounded operands).
+    public let matmul: Matmul
     public private(set) var ops: [any Op] = []
     /// For each op, the gradient region (a caller's index) that is final once that op's backward has run (nil when
     /// the op completes none). Drives gradient buckets that overlap backward.
@@ -37,7 +39,7 @@ public final class Tape {
     private var segmentEndingAt: [Int: Segment] = [:]
     private var openSegment: Int?
 
-    public init() {}
+    public init(precision: MatmulPrecision = .fp32) { matmul = Matmul(precision: precision) }
 
     /// Starts a recomputed segment at the next recorded op.
     public func beginSegment() { openSegment = ops.count }

@@ -33,7 +33,7 @@ struct BlockOpContext {
     let parameter: (String) -> Tensor
     let hasParameter: (String) -> Bool
     let config: GPT2Config, batch: Int, seqLen: Int
-    let arena: ActivationArena, stepContext: StepContext
+    let arena: ActivationArena, stepContext: StepContext, matmul: Matmul
     /// The block's dropout-site base, and the dropout rate inside ops (0 unless training with drop_rate > 0).
     let site: UInt64, dropRate: Float
 }
@@ -48,7 +48,8 @@ extension BlockOp {
                 flops: { c, t in (4 * Double(c.embDim * t), 8 * Double(c.embDim * t)) }, dropoutSite: nil,
                 make: { k in
                     CausalSelfAttentionOp(qkv: k.inputs[0], out: k.out, batch: k.batch, seqLen: k.seqLen, heads: k.config.nHeads,
-                                          dropRate: k.dropRate, site: k.site | 1, context: k.stepContext, arena: k.arena)
+                                          dropRate: k.dropRate, site: k.site | 1, context: k.stepContext, arena: k.arena,
+                                          matmul: k.matmul)
                 }),
         linear("attn.c_proj", input: "attn", inFeatures: { $0.embDim }, outFeatures: { $0.embDim }, dropoutSite: 2),
         add("residual_1", input, "attn.c_proj"),
@@ -71,7 +72,7 @@ extension BlockOp {
                 dropoutSite: dropoutSite,
                 make: { k in
                     LinearOp(x: k.inputs[0], weight: k.parameter("weight"), bias: k.hasParameter("bias") ? k.parameter("bias") : nil,
-                             out: k.out, arena: k.arena)
+                             out: k.out, arena: k.arena, matmul: k.matmul)
                 })
     }
 

@@ -69,12 +69,15 @@ public final class GPT2Graph {
 
     /// `recompute` (training only): blocks share one set of internal activation buffers and recompute them
     /// in backward; only each block's output is kept, so activations are ~one block plus the block inputs.
-    public init(model: GPT2Model, batch: Int, seqLen: Int, mode: Mode, recompute: Bool = false) {
+    /// `precision`: what the matrix products multiply (bf16: operands rounded to bf16, accumulated in fp32; the
+    /// weights, LayerNorm, softmax, GELU, the loss and every gradient stay fp32).
+    public init(model: GPT2Model, batch: Int, seqLen: Int, mode: Mode, recompute: Bool = false,
+                precision: MatmulPrecision = .fp32) {
         let cfg = model.config
         precondition(seqLen >= 1 && seqLen <= cfg.contextLength, "seq-len must be in 1...context_length")
         self.model = model; self.batch = batch; self.seqLen = seqLen; self.mode = mode
         let B = batch, T = seqLen, C = cfg.embDim, V = cfg.vocabSize, L = cfg.nLayers
-        let tape = Tape()
+        let tape = Tape(precision: precision)
         self.tape = tape
         let p = model.parameters, arena = tape.arena, ctx = tape.context
         let grad: ActivationArena.Gradient = mode == .train ? .accumulated : .none
@@ -120,7 +123,7 @@ public final class GPT2Graph {
                     inputs: op.inputs.map { a[$0 + ".dropped"] ?? a[$0]! }, out: out,
                     parameter: { p.tensor(GPT2Config.blockParameterName(l, op.name, $0)) },
                     hasParameter: { p.layout.entry(GPT2Config.blockParameterName(l, op.name, $0)) != nil },
-                    config: cfg, batch: B, seqLen: T, arena: arena, stepContext: ctx, site: site,
+                    config: cfg, batch: B, seqLen: T, arena: arena, stepContext: ctx, matmul: tape.matmul, site: site,
                     dropRate: mode == .train ? drop : 0)
                 tape.record(op.make(context), completesRegion: region["h.\(l).\(op.name)"])
                 if let d = op.dropoutSite, let dropped = a[op.name + ".dropped"] {
@@ -137,13 +140,13 @@ public final class GPT2Graph {
         tape.record(LayerNormOp(x: x, weight: p.tensor("ln_f.weight"), bias: p.tensor("ln_f.bias"), out: lnf, arena: arena),
                     completesRegion: region["ln_f"])
         if recomputing {
-            let ce = ChunkedHeadCrossEntropyOp(x: lnf, wte: p.tensor("wte"), targets: targets, arena: arena)
+            let ce = ChunkedHeadCrossEntropyOp(x: lnf, wte: p.tensor("wte"), targets: targets, arena: arena, matmul: tape.matmul)
             tape.record(ce, completesRegion: region["wte"])
             logits = nil
             lossOp = ce
         } else {
             let l = arena.tensor([B, T, V], gradient: mode == .train ? .inPlace : .none)
-            tape.record(TiedHeadOp(x: lnf, wte: p.tensor("wte"), logits: l), completesRegion: region["wte"])
+            tape.record(TiedHeadOp(x: lnf, wte: p.tensor("wte"), logits: l, matmul: tape.matmul), completesRegion: region["wte"])
             logits = l
             if mode == .logits {
                 lossOp = nil
@@ -155,8 +158,10 @@ public final class GPT2Graph {
         }
     }
 
-    /// Bytes of activations and scratch held by this graph.
-    public var activationBytes: Int { tape.arena.bytes }
+    /// Bytes of activations and scratch held by this graph (with bf16, the rounded operands' scratch too).
+    public var activationBytes: Int { tape.arena.bytes + tape.matmul.scratchBytes }
+
+    public var precision: MatmulPrecision { tape.matmul.precision }
 
     /// Gradient of the loss propagated by backward (default 1/(batch·seqLen): the mean over this batch).
     public var lossGradScale: Float {

@@ -91,16 +91,22 @@ public enum Runtime {
     /// Measured sgemm rate (FLOP/s) at the current thread count on GPT-2-like shapes (M=1024, K=768, N=3072),
     /// best of several runs of ~`seconds` in total.
     public static func measureSgemmPeak(seconds: Double = 0.4) -> Double {
+        measureGemmPeak(Matmul.fp32, seconds: seconds)
+    }
+
+    /// The same measurement through `matmul` (bf16: its engine, conversions of the operands included).
+    public static func measureGemmPeak(_ matmul: Matmul, seconds: Double = 0.4) -> Double {
         let m = 1024, k = 768, n = 3072
         let a = FloatBuffer(count: m * k), b = FloatBuffer(count: k * n), c = FloatBuffer(count: m * n)
         for i in 0..<a.count { a.pointer[i] = Float(i % 7) * 0.01 }
         for i in 0..<b.count { b.pointer[i] = Float(i % 5) * 0.01 }
-        BLAS.gemm(.none, .none, m: m, n: n, k: k, a: a.pointer, lda: k, b: b.pointer, ldb: n, beta: 0, c: c.pointer, ldc: n)
+        matmul.reserve(floats: max(m * k, k * n))
+        matmul.gemm(.none, .none, m: m, n: n, k: k, a: a.pointer, lda: k, b: b.pointer, ldb: n, beta: 0, c: c.pointer, ldc: n)
         var best = 0.0
         let start = now()
         repeat {
             let t0 = now()
-            BLAS.gemm(.none, .none, m: m, n: n, k: k, a: a.pointer, lda: k, b: b.pointer, ldb: n, beta: 0, c: c.pointer, ldc: n)
+            matmul.gemm(.none, .none, m: m, n: n, k: k, a: a.pointer, lda: k, b: b.pointer, ldb: n, beta: 0, c: c.pointer, ldc: n)
             best = max(best, 2.0 * Double(m * n * k) / (now() - t0))
         } while now() - start < seconds
         return best

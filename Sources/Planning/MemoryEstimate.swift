@@ -1,3 +1,4 @@
+import Autograd
 import Distributed
 import GPT2
 
@@ -17,7 +18,8 @@ public struct MemoryEstimate {
     public var rootTotal: Double { total + checkpointGather }
 
     public init(config: GPT2Config, microBatch: Int, seqLen: Int, ranks: Int, zero: Bool, recompute: Bool,
-                activationBytes: Int? = nil, bucketMb: Double = BucketSchedule.defaultBucketMb) {
+                activationBytes: Int? = nil, bucketMb: Double = BucketSchedule.defaultBucketMb,
+                precision: MatmulPrecision = .fp32) {
         let n = Double(config.parameterCount)
         parameters = 4 * n
         gradients = 4 * n
@@ -26,6 +28,7 @@ public struct MemoryEstimate {
         checkpointGather = sharded ? 4 * Double(config.vocabSize * config.embDim) : 0
         communication = sharded ? min(bucketMb * 1_048_576, 4 * n) : 0
         activations = Double(activationBytes ?? GPT2Graph(model: GPT2Model(config: config), batch: microBatch,
-                                                           seqLen: seqLen, mode: .train, recompute: recompute).activationBytes)
+                                                           seqLen: seqLen, mode: .train, recompute: recompute,
+                                                           precision: precision).activationBytes)
     }
 }

@@ -11,26 +11,32 @@ public struct StepBenchmark {
     public var batchSize = 8, seqLen = 128, steps = 5
     /// Include an AdamW update in each step; recompute block activations in backward; time each op kind.
     public var optimizer = false, recompute = false, profile = false
+    public var precision = MatmulPrecision.fp32
 
     public init(config: GPT2Config) { self.config = config }
 
     public struct Result {
         public var medianSeconds = 0.0, bestSeconds = 0.0, forwardSeconds = 0.0, optimizerSeconds = 0.0
         public var tokensPerSecond = 0.0, flopsPerSecond = 0.0, sgemmPeak = 0.0, peakRSS = 0
+        /// bf16: the measured rate of the bf16 engine on the same shape (MFU is against it); fp32: the sgemm rate.
+        public var gemmPeak: Double?
         /// Seconds per step by op kind (forward + backward), largest first; empty unless profiled.
         public var opKinds: [(kind: String, seconds: Double)] = []
-        public var mfu: Double { flopsPerSecond / sgemmPeak }
+        public var mfu: Double { flopsPerSecond / (gemmPeak ?? sgemmPeak) }
     }
 
     public func run() throws -> Result {
         guard seqLen > 0, seqLen <= config.contextLength, batchSize > 0, steps > 0 else {
             throw GPT2DistError(.usage, "need 0 < --seq-len <= \(config.contextLength), --batch-size > 0, --steps > 0")
         }
+        if precision == .bf16 { _ = try BF16Engine.choose() }
         var r = Result()
         r.sgemmPeak = Runtime.measureSgemmPeak(seconds: 1.0)
+        if precision == .bf16 { r.gemmPeak = Runtime.measureGemmPeak(Matmul(precision: .bf16), seconds: 1.0) }
         let model = GPT2Model(config: config)
         model.initialize(seed: 1)
-        let graph = GPT2Graph(model: model, batch: batchSize, seqLen: seqLen, mode: .train, recompute: recompute)
+        let graph = GPT2Graph(model: model, batch: batchSize, seqLen: seqLen, mode: .train, recompute: recompute,
+                              precision: precision)
         for i in 0..<(batchSize * seqLen) {
             graph.inputs.pointer[i] = Int32(i * 7919 % config.vocabSize)
             graph.targets.pointer[i] = Int32((i + 1) * 7919 % config.vocabSize)

@@ -1,3 +1,4 @@
+import Autograd
 import Checkpoint
 import Common
 import Data
@@ -48,7 +49,7 @@ public struct Evaluation {
     /// The loss over `batches` batches (0: every span once), rows split over the ranks of `comm`; the baselines
     /// (rank 0 only) when `baselines` names training tokens.
     public func run(tokens: TokenDataset, batchSize: Int, seqLen: Int, batches: Int, baselines: String?,
-                    comm: Communicator) throws -> Report {
+                    precision: MatmulPrecision = .fp32, comm: Communicator) throws -> Report {
         guard batches >= 0 else { throw GPT2DistError(.usage, "--batches must be 0 (all) or a positive integer, got \(batches)") }
         guard batchSize > 0, batchSize % comm.size == 0 else {
             throw GPT2DistError(.usage, "--batch-size \(batchSize) is not divisible by the number of ranks (\(comm.size))")
@@ -56,8 +57,9 @@ public struct Evaluation {
         guard seqLen > 0, seqLen <= model.config.contextLength else {
             throw GPT2DistError(.usage, "--seq-len \(seqLen) must be in 1...\(model.config.contextLength) (context_length)")
         }
+        if precision == .bf16 { _ = try BF16Engine.choose() }
         let order = try BatchOrder(tokenCount: tokens.count, batchSize: batchSize, seqLen: seqLen)
-        let graph = GPT2Graph(model: model, batch: batchSize / comm.size, seqLen: seqLen, mode: .evaluate)
+        let graph = GPT2Graph(model: model, batch: batchSize / comm.size, seqLen: seqLen, mode: .evaluate, precision: precision)
         var report = Report()
         report.batches = batches == 0 ? order.spans : batches
         report.spans = order.spans

@@ -1,3 +1,4 @@
+import Autograd
 import Common
 import Distributed
 import Foundation
@@ -42,6 +43,7 @@ public struct TrainOptions: Equatable, Sendable {
     public var overlap = true
     public var zero = ZeroStage.off
     public var recompute = false
+    public var precision = MatmulPrecision.fp32
     public var checksumEvery = 50
     public var maxBadSteps = 5
     public var threads: Int?
@@ -87,6 +89,7 @@ public struct TrainOptions: Equatable, Sendable {
         .flag("overlap", \.overlap, "Overlap the gradient all-reduce with backward."),
         .value("zero", \.zero, "1: shard AdamW state across ranks (ZeRO-1); 0: replicate it."),
         .flag("recompute", \.recompute, "Recompute block activations in backward to save memory."),
+        .value("precision", \.precision, "Matrix products: fp32, or bf16 (operands rounded to bf16, accumulated in fp32; weights, optimizer, norms, softmax and loss stay fp32)."),
         .value("checksum-every", \.checksumEvery, "Compare a parameter checksum across ranks every N steps (0: never)."),
         .value("max-bad-steps", \.maxBadSteps, "Abort after N non-finite steps in a row."),
         .value("threads", \.threads, "Threads for BLAS and kernels per rank (default: cores / ranks on this node).", .startsRun),
@@ -363,3 +366,4 @@ extension ChoiceValue {
 
 extension LRSchedule.Kind: ChoiceValue {}
 extension ZeroStage: ChoiceValue {}
+extension MatmulPrecision: ChoiceValue {}

@@ -77,6 +77,7 @@ public final class Trainer {
     /// Checks every input before any work; throws a one-line error.
     func validate() throws -> Plan {
         try o.checkValues()
+        if o.precision == .bf16 { _ = try BF16Engine.choose() }  // a forced engine that cannot run here is an error now
         let n = comm.size, out = o.out!
         guard o.batchSize % n == 0 else {
             throw GPT2DistError(.training, "--batch-size \(o.batchSize) is not divisible by the number of ranks (\(n))")
@@ -165,6 +166,7 @@ public final class Trainer {
         var resumedFrom: String?
         var metricsWarned = false
         var checkpointName: String?, checkpointStep: Int?  // the newest checkpoint of this run directory
+        var resumedPrecision: MatmulPrecision?  // what the resumed checkpoint's run trained with
         let started = Runtime.now()
         var timedSteps = 0, timedSeconds = 0.0
 
@@ -190,7 +192,8 @@ public final class Trainer {
             var h = AdamW.Hyper(); h.beta1 = o.beta1; h.beta2 = o.beta2; h.eps = o.eps; h.weightDecay = o.weightDecay
             h.embeddingLRScale = o.embeddingLrScale; return h
         }())
-        let graph = GPT2Graph(model: model, batch: plan.micro, seqLen: o.seqLen, mode: .train, recompute: o.recompute)
+        let graph = GPT2Graph(model: model, batch: plan.micro, seqLen: o.seqLen, mode: .train, recompute: o.recompute,
+                              precision: o.precision)
         graph.lossGradScale = 1 / Float(o.batchSize * o.seqLen)  // summed over micro-batches and ranks = the global mean
         let order = try BatchOrder(tokenCount: plan.train.count, batchSize: o.batchSize, seqLen: o.seqLen,
                                    shuffleSeed: o.shuffle ? UInt64(o.seed) : nil)
@@ -233,6 +236,9 @@ public final class Trainer {
         comm.broadcast(&counters)
         s.step = Int(counters[0]); s.tokensSeen = Int(counters[1]); s.firstStep = s.step
         s.resumedFrom = reader?.path
+        if let stored = reader?.state.runConfig, let object = try? JSONValue.parse(Data(stored.utf8)).object {
+            s.resumedPrecision = object["precision"]?.string.flatMap(MatmulPrecision.init(rawValue:)) ?? .fp32
+        }
         if let path = reader?.path, URL(fileURLWithPath: path).deletingLastPathComponent().standardizedFileURL
             == URL(fileURLWithPath: o.out!).standardizedFileURL {
             s.checkpointName = URL(fileURLWithPath: path).lastPathComponent
@@ -302,7 +308,13 @@ public final class Trainer {
         if s.sharding.sharded {
             log("  ZeRO-1: AdamW state sharded, \(s.sharding.ownedCount) of \(cfg.parameterCount) parameters on this rank, a part of every bucket")
         }
+        if o.precision == .bf16, let (_, detail) = try? BF16Engine.choose() {
+            log("  precision bf16 (bf16 operands, fp32 accumulation; weights, optimizer and loss in fp32), engine \(detail)")
+        }
         if let r = s.resumedFrom { log("  resumed from \(r) at step \(s.step)") }
+        if let trained = s.resumedPrecision, trained != o.precision {
+            log("  note: the checkpoint was trained with --precision \(trained.rawValue); continuing in \(o.precision.rawValue)")
+        }
         if let i = plan.initPath { log("  initialised from \(i)") }
     }
 

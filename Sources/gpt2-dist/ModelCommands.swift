@@ -34,6 +34,8 @@ struct Eval: ParsableCommand {
     @Option(help: "Tokens per sequence.") var seqLen = 128
     @Option(help: "Number of batches (0: every span of the data once).") var batches = 10
     @Option(help: "Training tokens (file, directory of train_*.bin, or glob) to count unigram and bigram baselines on.") var baselines: String?
+    @Option(help: "Matrix products: fp32 or bf16 (bf16-rounded operands, fp32 accumulation; any checkpoint).")
+    var precision: MatmulPrecision = .fp32
     @Flag(help: "Print {\"loss\": ...} only (with unigram and bigram when --baselines is given).") var json = false
     @OptionGroup var compute: ComputeOptions
 
@@ -50,7 +52,8 @@ struct Eval: ParsableCommand {
             case (nil, let t?): tokens = try tokenizeDocument(path: t, vocabulary: vocab, vocabSize: vocabSize)
             default: throw GPT2DistError(.usage, "give exactly one of --data or --text")
             }
-            let r = try evaluation.run(tokens: tokens, batchSize: batchSize, seqLen: seqLen, batches: batches, baselines: baselines, comm: comm)
+            let r = try evaluation.run(tokens: tokens, batchSize: batchSize, seqLen: seqLen, batches: batches, baselines: baselines,
+                                       precision: precision, comm: comm)
             guard comm.isRoot else { return }
             if json {
                 let baselines = r.unigram.map { ", \"unigram\": \($0), \"bigram\": \(r.bigram!)" } ?? ""
@@ -87,6 +90,8 @@ struct Info: ParsableCommand {
     @Option(help: "Number of ranks.") var ranks = 1
     @Option(help: "1: AdamW state sharded over ranks (ZeRO-1).") var zero = 0
     @Flag(help: "Recompute block activations in backward (train --recompute).") var recompute = false
+    @Option(help: "Matrix products: fp32 or bf16 (train --precision; bf16 adds scratch for rounded operands).")
+    var precision: MatmulPrecision = .fp32
     @Flag(help: "Print JSON.") var json = false
 
     func run() throws {
@@ -102,7 +107,8 @@ struct Info: ParsableCommand {
             guard zero == 0 || zero == 1 else { throw GPT2DistError(.usage, "--zero must be 0 or 1, got \(zero)") }
             let T = seqLen ?? cfg.contextLength
             guard T > 0, T <= cfg.contextLength else { throw GPT2DistError(.usage, "--seq-len must be in 1...\(cfg.contextLength)") }
-            let mem = MemoryEstimate(config: cfg, microBatch: micro, seqLen: T, ranks: ranks, zero: zero == 1, recompute: recompute)
+            let mem = MemoryEstimate(config: cfg, microBatch: micro, seqLen: T, ranks: ranks, zero: zero == 1, recompute: recompute,
+                                     precision: precision)
             let n = Double(cfg.parameterCount), adam = mem.optimizer + mem.checkpointGather, act = mem.activations, total = mem.rootTotal
             if json {
                 print("""
@@ -243,3 +249,5 @@ struct Status: ParsableCommand {
         }
     }
 }
+
+extension MatmulPrecision: ExpressibleByArgument {}

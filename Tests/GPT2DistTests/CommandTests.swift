@@ -101,3 +101,40 @@ import Training
         #expect(again.status == 1 && again.stderr.contains("not overwriting"), "\(again.stderr)")
     }
 }
+
+/// bf16 mixed precision through the release binary: np 1 and np 2 agree as fp32 runs do, a resume is bit-identical,
+/// ZeRO-1 and recompute train to nearly the same losses, and a bf16 run may go on in fp32 (said in one line).
+@Suite(.serialized) struct PrecisionCommandTests {
+    @Test func bf16AcrossRanksResumeZeroAndRecompute() throws {
+        let dir = tmpDir("bf16")
+        let cfg = try writeConfig(dir, dropRate: 0.1)
+        let bf16 = ["--precision", "bf16"]
+        for (name, ranks, extra) in [("np1", 0, [String]()), ("np2", 2, []), ("zero", 2, ["--zero", "1"]), ("recompute", 0, ["--recompute"]),
+                                     ("threads", 0, ["--threads", "2"])] {
+            let r = try CLI.run(ranks: ranks, trainArgs(config: cfg, out: dir + "/" + name, steps: 8, extra: bf16 + extra))
+            #expect(r.status == 0, "\(name): \(r.stderr)")
+        }
+        let np1 = try losses(dir + "/np1")
+        #expect(np1.count == 8 && np1.last! < np1.first!, "\(np1)")
+        expectClose(try losses(dir + "/np2"), np1, rel: 1e-4, "bf16 np 2 vs np 1")
+        expectClose(try losses(dir + "/zero"), np1, rel: 1e-4, "bf16 ZeRO-1 vs np 1")
+        expectClose(try losses(dir + "/recompute"), np1, rel: 1e-3, "bf16 recompute vs np 1")
+        expectClose(try losses(dir + "/threads"), np1, rel: 1e-4, "bf16 on 2 threads (attention's workers) vs 1")
+        // The same run in fp32 is another run: bf16 really changes the numbers, a little.
+        #expect(try CLI.run(trainArgs(config: cfg, out: dir + "/fp32", steps: 8)).status == 0)
+        let fp32 = try losses(dir + "/fp32")
+        #expect(fp32 != np1)
+        expectClose(np1, fp32, rel: 2e-2, "bf16 vs fp32")
+        // Stopped at step 4 and resumed (the stored settings carry --precision bf16): bit-identical to straight.
+        #expect(try CLI.run(trainArgs(config: cfg, out: dir + "/split", steps: 4, extra: bf16)).status == 0)
+        let resumed = try CLI.run(trainArgs(config: cfg, out: dir + "/split", steps: 8, extra: ["--resume"]))
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        #expect(try losses(dir + "/split") == np1)
+        // A bf16 run continued in fp32: allowed, and said.
+        let switched = try CLI.run(trainArgs(config: cfg, out: dir + "/split", steps: 10, extra: ["--resume", "--precision", "fp32"]))
+        #expect(switched.status == 0 && switched.stdout.contains("trained with --precision bf16; continuing in fp32"), "\(switched.stdout)")
+        // Any other value is one line.
+        let bad = try CLI.run(trainArgs(config: cfg, out: dir + "/bad", steps: 2, extra: ["--precision", "fp16"]))
+        #expect(bad.status == 1 && bad.stderr.contains("--precision") && bad.stderr.split(separator: "\n").count == 1, "\(bad.stderr)")
+    }
+}

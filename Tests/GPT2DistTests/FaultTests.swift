@@ -253,11 +253,11 @@ import Common
         var changed = TrainOptions()
         for option in TrainOptions.table where option.name != "run-config" {
             let before = changed
-            // A value other than the default: cosine, ZeRO-1, and 3 (or 4 where 3 is the default) for numbers and
-            // strings; a flag set to the opposite of its default.
+            // A value other than the default; a flag set to the opposite of its default.
             if option.takesValue {
-                try option.set(&changed, .argument(["lr-schedule": "cosine", "zero": "1"][option.name] ?? "3"), option.name)
-                if changed == before { try option.set(&changed, .argument("4"), option.name) }
+                // A choice's listed values (its value name, "a|b"), else numbers that also read as strings.
+                let candidates = option.valueName.contains("|") ? option.valueName.split(separator: "|").map(String.init) : ["3", "4"]
+                for value in candidates where changed == before { try option.set(&changed, .argument(value), option.name) }
             } else {
                 try option.set(&changed, .negated, option.name)
                 if changed == before { try option.set(&changed, .argument(nil), option.name) }

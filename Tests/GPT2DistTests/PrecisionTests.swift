@@ -1,4 +1,5 @@
 import Autograd
+import Checkpoint
 import Foundation
 import GPT2
 import Testing
@@ -111,6 +112,37 @@ struct NativeBF16Tests {
             let native = product(.native, alpha: alpha, beta: beta), emulated = product(.emulated, alpha: alpha, beta: beta)
             let err = maxRelativeError(native, emulated, m * n)
             #expect(err < 1e-5, "alpha \(alpha) beta \(beta): native vs emulated \(err)")
+        }
+    }
+}
+
+/// The fixture model (Tests/Fixtures/tiny-gpt2) in bf16 against PyTorch's bf16 autocast on the same batch
+/// (Tests/Fixtures/make_autocast_fixtures.py): the loss within 1e-2 (relative), every gradient's cosine above 0.99.
+/// Autocast also rounds each product's output to bf16, which gpt2-dist keeps in fp32: close, not equal.
+struct AutocastParityTests {
+    @Test func bf16LossAndGradientsMatchPyTorchAutocast() throws {
+        let model = try HuggingFace.load(directory: fixtures + "/tiny-gpt2/hf")
+        let batch = try SafeTensorsFile(path: fixtures + "/tiny-gpt2/expected.safetensors")
+        let reference = try SafeTensorsFile(path: fixtures + "/tiny-gpt2/autocast-bf16.safetensors")
+        let graph = GPT2Graph(model: model, batch: 4, seqLen: 32, mode: .train, precision: .bf16)
+        graph.setBatch(inputs: try batch.ints("batch0.inputs").map(Int32.init), targets: try batch.ints("batch0.targets").map(Int32.init))
+        model.parameters.zeroGradients()
+        let loss = graph.forward()
+        graph.backward()
+        let refLoss = try reference.floats("loss")[0]
+        #expect(abs(loss - refLoss) / refLoss < 1e-2, "loss \(loss) vs autocast \(refLoss)")
+        for e in model.parameters.layout.entries {
+            let ref = try reference.floats("grad." + (e.name == "wte" || e.name == "wpe" ? e.name + ".weight" : e.name))
+            try #require(ref.count == e.count)
+            let g = model.parameters.gradients.pointer + e.offset
+            // The key bias's true gradient is 0 (it shifts a softmax row evenly): both hold rounding noise there.
+            let keyBias = e.name.hasSuffix("c_attn.bias") ? (e.count / 3)..<(2 * e.count / 3) : 0..<0
+            var dot = 0.0, a = 0.0, b = 0.0
+            for i in 0..<e.count where !keyBias.contains(i) {
+                dot += Double(g[i]) * Double(ref[i]); a += Double(g[i] * g[i]); b += Double(ref[i] * ref[i])
+            }
+            let cosine = dot / (a.squareRoot() * b.squareRoot())
+            #expect(cosine > 0.99, "\(e.name): gradient cosine \(cosine) against autocast")
         }
     }
 }

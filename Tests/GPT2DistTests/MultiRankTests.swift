@@ -121,8 +121,30 @@ struct CLI {
         DispatchQueue.global().asyncAfter(deadline: .now() + timeout, execute: watchdog)
         defer { watchdog.cancel() }
         let o = out.fileHandleForReading.readDataToEndOfFile(), e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return Result(status: p.terminationStatus, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+        let status = waitForExit(p)
+        return Result(status: status, stdout: String(decoding: o, as: UTF8.self), stderr: String(decoding: e, as: UTF8.self))
+    }
+
+    /// `p`'s exit status. Foundation on Linux occasionally misses a child's exit (seen once here: `slurm-local start`
+    /// left a zombie that Process never reaped, and `waitUntilExit` hung the suite); a child that has been a zombie
+    /// for 3 s is reaped here instead.
+    static func waitForExit(_ p: Process) -> Int32 {
+        var zombieSince: Date?
+        while p.isRunning {
+            let state = (try? String(contentsOfFile: "/proc/\(p.processIdentifier)/stat", encoding: .utf8))?
+                .split(separator: ")").last?.split(separator: " ").first
+            if state == "Z" {
+                if let since = zombieSince, Date().timeIntervalSince(since) > 3 {
+                    var status: Int32 = 0
+                    if waitpid(p.processIdentifier, &status, WNOHANG) == p.processIdentifier {
+                        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+                    }
+                }
+                zombieSince = zombieSince ?? Date()
+            }
+            usleep(10_000)
+        }
+        return p.terminationStatus
     }
 }
 

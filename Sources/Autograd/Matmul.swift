@@ -143,6 +143,15 @@ public final class Matmul: @unchecked Sendable {
 }
 
 extension Matmul {
+    /// For an operand that feeds several products and nothing else (the head's logits gradient): the emulated engine
+    /// rounds it once, in place, and returns true, so those products pass `aIsBF16`; otherwise (fp32, or the native
+    /// engine, which converts operands itself) leaves it alone and returns false.
+    public func roundInPlaceForProducts(_ p: UnsafeMutablePointer<Float>, rows: Int, cols: Int, ld: Int) -> Bool {
+        guard precision == .bf16 && engine == .emulated else { return false }
+        BF16.round(p, rows: rows, cols: cols, ld: ld, into: p, ldOut: ld, parallel: true)
+        return true
+    }
+
     /// The primitive of a shape, made the first time the shape is multiplied.
     func primitive(_ s: Shape) -> OpaquePointer {
         if let p = primitives[s] { return p }

@@ -292,9 +292,8 @@ public final class TiedHeadOp: Op {
 
     public func backward() {
         let dl = logits.grad!
-        // The logits' gradient feeds only these two products: in bf16, round it once, in place.
-        let rounded = matmul.precision == .bf16
-        if rounded { BF16.round(dl, rows: n, cols: vocab, ld: vocab, into: dl, parallel: true) }
+        // The logits' gradient feeds only these two products: the emulated engine rounds it once, in place.
+        let rounded = matmul.roundInPlaceForProducts(dl, rows: n, cols: vocab, ld: vocab)
         for v0 in stride(from: 0, to: vocab, by: block) {
             let rows = min(block, vocab - v0)
             matmul.gemm(.none, .none, m: n, n: channels, k: rows, a: dl + v0, lda: vocab, b: wte.data + v0 * channels,
@@ -578,8 +577,7 @@ public final class ChunkedHeadCrossEntropyOp: LossOp {
                     d[Int(targets.pointer[r0 + i])] -= scale
                 }
             }
-            let rounded = matmul.precision == .bf16
-            if rounded { BF16.round(scratch, rows: n, cols: V, ld: V, into: scratch, parallel: true) }
+            let rounded = matmul.roundInPlaceForProducts(scratch, rows: n, cols: V, ld: V)
             for v0 in stride(from: 0, to: V, by: block) {
                 let rv = min(block, V - v0)
                 matmul.gemm(.none, .none, m: n, n: C, k: rv, a: scratch + v0, lda: V, b: wte.data + v0 * C, ldb: C, beta: 1,

@@ -283,13 +283,6 @@ public struct TrainOption {
                     get: { $0[keyPath: path].json })
     }
 
-    static func value<V: OptionValue>(_ name: String, aliases: [String] = [], _ path: WritableKeyPath<TrainOptions, V?>,
-                                      _ help: String, _ restore: Restore? = nil, bare: String? = nil) -> TrainOption {
-        TrainOption(name: name, aliases: aliases, help: help, startsRun: restore != nil, takesValue: true, bareValue: bare,
-                    valueName: V.valueName, set: { o, input, context in o[keyPath: path] = try V.read(input, context) },
-                    get: { $0[keyPath: path]?.json })
-    }
-
     static func flag(_ name: String, _ path: WritableKeyPath<TrainOptions, Bool>, _ help: String,
                      _ restore: Restore? = nil) -> TrainOption {
         TrainOption(name: name, aliases: [], help: help, startsRun: restore != nil, takesValue: false, bareValue: nil,
@@ -305,13 +298,14 @@ public struct TrainOption {
     }
 }
 
-/// A type an option's value can have: read from a command-line word or a JSON value, written back as JSON.
+/// A type an option's value can have: read from a command-line word or a JSON value, written back as JSON (nil: an
+/// optional setting left unset, which the JSON leaves out).
 protocol OptionValue {
     static var valueName: String { get }
     static var expected: String { get }
     init?(word: String)
     init?(json: JSONValue)
-    var json: JSONValue { get }
+    var json: JSONValue? { get }
 }
 
 extension OptionValue {
@@ -334,7 +328,7 @@ extension Int: OptionValue {
     static var expected: String { "an integer" }
     init?(word: String) { self.init(word) }
     init?(json: JSONValue) { guard let i = json.int else { return nil }; self = i }
-    var json: JSONValue { .number(Double(self)) }
+    var json: JSONValue? { .number(Double(self)) }
 }
 
 extension Double: OptionValue {
@@ -342,7 +336,7 @@ extension Double: OptionValue {
     static var expected: String { "a number" }
     init?(word: String) { self.init(word as String) }
     init?(json: JSONValue) { guard let d = json.number else { return nil }; self = d }
-    var json: JSONValue { isFinite ? .number(self) : .string(String(self)) }
+    var json: JSONValue? { isFinite ? .number(self) : .string(String(self)) }
 }
 
 extension String: OptionValue {
@@ -350,7 +344,16 @@ extension String: OptionValue {
     static var expected: String { "a string" }
     init?(word: String) { self = word }
     init?(json: JSONValue) { guard let s = json.string else { return nil }; self = s }
-    var json: JSONValue { .string(self) }
+    var json: JSONValue? { .string(self) }
+}
+
+/// Settings with no default (`--config`, `--micro-batch-size`, ...): given, a value of the wrapped type.
+extension Optional: OptionValue where Wrapped: OptionValue {
+    static var valueName: String { Wrapped.valueName }
+    static var expected: String { Wrapped.expected }
+    init?(word: String) { guard let value = Wrapped(word: word) else { return nil }; self = .some(value) }
+    init?(json: JSONValue) { guard let value = Wrapped(json: json) else { return nil }; self = .some(value) }
+    var json: JSONValue? { self?.json }
 }
 
 /// Options with a fixed set of values (`--lr-schedule`, `--zero`): the raw values are the accepted words.
@@ -361,7 +364,7 @@ extension ChoiceValue {
     static var expected: String { "one of " + allCases.map { "\($0.rawValue)" }.joined(separator: ", ") }
     init?(word: String) { guard let raw = RawValue(word: word) else { return nil }; self.init(rawValue: raw) }
     init?(json: JSONValue) { guard let raw = RawValue(json: json) else { return nil }; self.init(rawValue: raw) }
-    var json: JSONValue { rawValue.json }
+    var json: JSONValue? { rawValue.json }
 }
 
 extension LRSchedule.Kind: ChoiceValue {}

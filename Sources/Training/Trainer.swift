@@ -236,8 +236,10 @@ public final class Trainer {
         comm.broadcast(&counters)
         s.step = Int(counters[0]); s.tokensSeen = Int(counters[1]); s.firstStep = s.step
         s.resumedFrom = reader?.path
-        if let stored = reader?.state.runConfig, let object = try? JSONValue.parse(Data(stored.utf8)).object {
-            s.resumedPrecision = object["precision"]?.string.flatMap(MatmulPrecision.init(rawValue:)) ?? .fp32
+        if let stored = reader?.state.runConfig,
+           let object = try? TrainOptions.settingsObject(Data(stored.utf8), source: "the checkpoint's run_config") {
+            // Read through the option table, as resolving the settings did (an older run_config has no precision: fp32).
+            s.resumedPrecision = (try? TrainOptions().applying(json: object, source: "run_config", strict: false))?.precision
         }
         if let path = reader?.path, URL(fileURLWithPath: path).deletingLastPathComponent().standardizedFileURL
             == URL(fileURLWithPath: o.out!).standardizedFileURL {

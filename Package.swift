@@ -34,7 +34,9 @@ let package = Package(
         // oneDNN's bf16 matmul, opened at run time (dlopen): fp32 runs never need the library; the build needs its
         // header (Debian's libdnnl-dev, which Launch/setup installs).
         .target(name: "CDNNL", cSettings: [.unsafeFlags(["-O2"])], linkerSettings: [.linkedLibrary("dl")]),
-        .target(name: "Autograd", dependencies: ["CBLAS", "CDNNL", "Common"], swiftSettings: fast),
+        // bf16 conversions (round, to bits, widen), in C so they vectorise, with per-ISA clones.
+        .target(name: "CBF16", cSettings: [.unsafeFlags(["-O3"])]),
+        .target(name: "Autograd", dependencies: ["CBLAS", "CDNNL", "CBF16", "Common"], swiftSettings: fast),
         // The GPT-2 model on the autograd core: the block defined once (Block.swift), its layout, graph and decoder.
         .target(name: "GPT2", dependencies: ["Autograd"], swiftSettings: fast),
         // GPT-2's byte-level BPE.

@@ -8,6 +8,10 @@ import Foundation
 /// Only each row's log-sum-exp is kept: backward recomputes P = exp(S - lse) from Q and K (one extra sgemm),
 /// so attention needs B·H·T floats instead of B·H·T² (4.8 GB for GPT-2 124M at B=8, T=1024).
 /// Dropout on P is recomputed from counters.
+/// bf16: every operand of the four products is rounded once where it is made (q, k, v and the output's gradient in
+/// place, as only these products read them; P and dS row by row), so the products multiply bf16 values with
+/// fp32 accumulation while softmax and its backward stay fp32. The products run on the workers' threads through
+/// sgemm, exact on bf16 values.
 public final class CausalSelfAttentionOp: Op {
     let qkv: Tensor, out: Tensor
     let lse: UnsafeMutablePointer<Float>  // [B, NH, T]
@@ -28,8 +32,28 @@ public final class CausalSelfAttentionOp: Op {
         workers = max(Parallel.threads, 1)
         scratch = arena.scratch(workers * 3 * seqLen * seqLen)
         self.matmul = matmul
-        // Each worker's products: a row block of P or dP against a head's T x hs slice.
-        matmul.reserve(floats: max(Self.rowBlock * seqLen, seqLen * headSize), workers: workers)
+    }
+
+    var bf16: Bool { matmul.precision == .bf16 }
+
+    /// An operand of the products: rounded to bf16 already (bf16), or fp32.
+    @inline(__always)
+    func operand(_ p: UnsafePointer<Float>, ld: Int) -> Operand { matmul.roundedOrFP32(p, ld: ld) }
+
+    /// A T x T causal matrix (row i non-zero in columns 0...i) rounded to bf16 into `dst` (may be `src`), zeros above.
+    @inline(__always)
+    func roundCausal(_ src: UnsafePointer<Float>, into dst: UnsafeMutablePointer<Float>) {
+        let T = seqLen
+        for i in 0..<T {
+            BF16.round(src + i * T, rows: 1, cols: i + 1, ld: T, into: dst + i * T)
+            if src != dst && i + 1 < T { memset(dst + i * T + i + 1, 0, (T - i - 1) * 4) }
+        }
+    }
+
+    /// bf16: rounds rows x cols (leading dimension ld) in place, on the calling thread unless `parallel`.
+    @inline(__always)
+    func roundInPlace(_ p: UnsafeMutablePointer<Float>, rows: Int, cols: Int, ld: Int, parallel: Bool = false) {
+        if bf16 { BF16.round(p, rows: rows, cols: cols, ld: ld, into: p, ldOut: ld, parallel: parallel) }
     }
 
     var dropping: Bool { context.training && dropRate > 0 }
@@ -67,38 +91,42 @@ public final class CausalSelfAttentionOp: Op {
 
     /// Scaled scores S = Q K^T / sqrt(hs) of one (batch, head) into `s` [T, T] (row block [i0, i1): columns < i1).
     @inline(__always)
-    func scores(_ item: Int, into s: UnsafeMutablePointer<Float>, worker: Int) {
+    func scores(_ item: Int, into s: UnsafeMutablePointer<Float>) {
         let T = seqLen, C3 = 3 * channels, b = item / heads, h = item % heads
         let q = qkv.data + b * T * C3 + h * headSize
         forEachRowBlock { i0, i1 in
             matmul.gemm(.none, .transpose, m: i1 - i0, n: i1, k: headSize, alpha: 1 / Float(headSize).squareRoot(),
-                      a: q + i0 * C3, lda: C3, b: q + channels, ldb: C3, beta: 0, c: s + i0 * T, ldc: T, worker: worker)
+                        a: operand(q + i0 * C3, ld: C3), b: operand(q + channels, ld: C3), beta: 0, c: s + i0 * T, ldc: T,
+                        onWorker: true)
         }
     }
 
     public func forward() {
         let T = seqLen, C = channels, hs = headSize, C3 = 3 * C
+        // q, k and v feed only this op's products.
+        roundInPlace(qkv.data, rows: batch * T, cols: C3, ld: C3, parallel: true)
         withSingleThreadedBLAS {
             Parallel.forEach(batch * heads) { w, item in
                 let b = item / heads, h = item % heads
                 let v = qkv.data + b * T * C3 + h * hs + 2 * C
                 let p = scratch + w * 3 * T * T
-                scores(item, into: p, worker: w)
+                scores(item, into: p)
                 for i in 0..<T {
                     let row = p + i * T
                     lse[item * T + i] = Kernels.softmax(row, i + 1)
                     for j in (i + 1)..<T { row[j] = 0 }
                 }
-                var pUsed = UnsafePointer(p)
+                var pUsed = p
                 if dropping {
                     let pd = p + T * T
                     droppedProbs(p, pd, key: maskKey(b, h))
-                    pUsed = UnsafePointer(pd)
+                    pUsed = pd
                 }
+                if bf16 { roundCausal(pUsed, into: pUsed) }  // forward needs P only for this product
                 let o = out.data + b * T * C + h * hs
                 forEachRowBlock { i0, i1 in
-                    matmul.gemm(.none, .none, m: i1 - i0, n: hs, k: i1, a: pUsed + i0 * T, lda: T, b: v, ldb: C3, beta: 0,
-                              c: o + i0 * C, ldc: C, worker: w)
+                    matmul.gemm(.none, .none, m: i1 - i0, n: hs, k: i1, a: operand(pUsed + i0 * T, ld: T), b: operand(v, ld: C3),
+                                beta: 0, c: o + i0 * C, ldc: C, onWorker: true)
                 }
             }
         }
@@ -108,6 +136,8 @@ public final class CausalSelfAttentionOp: Op {
         let T = seqLen, C = channels, hs = headSize, C3 = 3 * C
         let scale = 1 / Float(hs).squareRoot()
         let dqkv = qkv.grad!, dout = out.grad!
+        // The output's gradient feeds only this op's products.
+        roundInPlace(dout, rows: batch * T, cols: C, ld: C, parallel: true)
         withSingleThreadedBLAS {
             Parallel.forEach(batch * heads) { w, item in
                 let b = item / heads, h = item % heads
@@ -117,7 +147,7 @@ public final class CausalSelfAttentionOp: Op {
                 let dO = dout + b * T * C + h * hs
                 let p = scratch + w * 3 * T * T, dp = p + T * T, pd = dp + T * T
                 // P = exp(S - lse), recomputed.
-                scores(item, into: p, worker: w)
+                scores(item, into: p)
                 for i in 0..<T {
                     let row = p + i * T, m = Vec(repeating: lse[item * T + i])
                     var j = 0
@@ -125,14 +155,22 @@ public final class CausalSelfAttentionOp: Op {
                     while j <= i { row[j] = sexp(row[j] - m[0]); j += 1 }
                     for j in (i + 1)..<T { row[j] = 0 }
                 }
-                var pUsed = UnsafePointer(p)
-                if dropping { droppedProbs(p, pd, key: maskKey(b, h)); pUsed = UnsafePointer(pd) }
+                // P' (dropped, or P itself): softmax backward needs P in fp32, the product a bf16 copy.
+                var pUsed = p
+                if dropping {
+                    droppedProbs(p, pd, key: maskKey(b, h))
+                    if bf16 { roundCausal(pd, into: pd) }
+                    pUsed = pd
+                } else if bf16 {
+                    roundCausal(p, into: pd)
+                    pUsed = pd
+                }
                 // dV += P'^T dO ; dP' = dO V^T (block [i0, i1) touches columns < i1 only)
                 forEachRowBlock { i0, i1 in
-                    matmul.gemm(.transpose, .none, m: i1, n: hs, k: i1 - i0, a: pUsed + i0 * T, lda: T, b: dO + i0 * C, ldb: C,
-                              beta: 1, c: dv, ldc: C3, worker: w)
-                    matmul.gemm(.none, .transpose, m: i1 - i0, n: i1, k: hs, a: dO + i0 * C, lda: C, b: v, ldb: C3, beta: 0,
-                              c: dp + i0 * T, ldc: T, worker: w)
+                    matmul.gemm(.transpose, .none, m: i1, n: hs, k: i1 - i0, a: operand(pUsed + i0 * T, ld: T),
+                                b: operand(dO + i0 * C, ld: C), beta: 1, c: dv, ldc: C3, onWorker: true)
+                    matmul.gemm(.none, .transpose, m: i1 - i0, n: i1, k: hs, a: operand(dO + i0 * C, ld: C), b: operand(v, ld: C3),
+                                beta: 0, c: dp + i0 * T, ldc: T, onWorker: true)
                 }
                 let inv = 1 / (1 - dropRate)
                 for i in 0..<T {
@@ -147,13 +185,14 @@ public final class CausalSelfAttentionOp: Op {
                     for j in 0...i { dot += pr[j] * dr[j] }
                     for j in 0...i { dr[j] = pr[j] * (dr[j] - dot) }
                     for j in (i + 1)..<T { dr[j] = 0 }
+                    roundInPlace(dr, rows: 1, cols: i + 1, ld: T)  // dS feeds only the two products below
                 }
                 // dQ += scale * dS K ; dK += scale * dS^T Q
                 forEachRowBlock { i0, i1 in
-                    matmul.gemm(.none, .none, m: i1 - i0, n: hs, k: i1, alpha: scale, a: dp + i0 * T, lda: T, b: k, ldb: C3,
-                              beta: 1, c: dq + i0 * C3, ldc: C3, worker: w)
-                    matmul.gemm(.transpose, .none, m: i1, n: hs, k: i1 - i0, alpha: scale, a: dp + i0 * T, lda: T,
-                              b: q + i0 * C3, ldb: C3, beta: 1, c: dk, ldc: C3, worker: w)
+                    matmul.gemm(.none, .none, m: i1 - i0, n: hs, k: i1, alpha: scale, a: operand(dp + i0 * T, ld: T),
+                                b: operand(k, ld: C3), beta: 1, c: dq + i0 * C3, ldc: C3, onWorker: true)
+                    matmul.gemm(.transpose, .none, m: i1, n: hs, k: i1 - i0, alpha: scale, a: operand(dp + i0 * T, ld: T),
+                                b: operand(q + i0 * C3, ld: C3), beta: 1, c: dk, ldc: C3, onWorker: true)
                 }
             }
         }

@@ -238,7 +238,7 @@ public final class LinearOp: Op {
         self.x = x; self.weight = weight; self.bias = bias; self.out = out; self.matmul = matmul
         ones = arena.scratch(n)
         for i in 0..<n { ones[i] = 1 }
-        matmul.reserve(floats: max(n * inputs, inputs * outputs, n * outputs))
+        matmul.reserve(floats: max(n * inputs, inputs * outputs, n * outputs), slots: 1)
     }
 
     public func forward() {
@@ -247,17 +247,19 @@ public final class LinearOp: Op {
                 for r in rows { memcpy(out.data + r * outputs, b.data, outputs * 4) }
             }
         }
-        matmul.gemm(.none, .none, m: n, n: outputs, k: inputs, a: x.data, lda: inputs, b: weight.data, ldb: outputs,
+        matmul.gemm(.none, .none, m: n, n: outputs, k: inputs, a: .fp32(x.data, ld: inputs), b: matmul.weight(weight, ld: outputs),
                     beta: bias == nil ? 0 : 1, c: out.data, ldc: outputs)
     }
 
     public func backward() {
         let dout = out.grad!
+        // The output's gradient feeds both products: converted once.
+        let d = matmul.prepare(dout, rows: n, cols: outputs, ld: outputs, slot: 0)
         if let dx = x.grad {
-            matmul.gemm(.none, .transpose, m: n, n: inputs, k: outputs, a: dout, lda: outputs, b: weight.data,
-                        ldb: outputs, beta: 1, c: dx, ldc: inputs)
+            matmul.gemm(.none, .transpose, m: n, n: inputs, k: outputs, a: d, b: matmul.weight(weight, ld: outputs),
+                        beta: 1, c: dx, ldc: inputs)
         }
-        matmul.gemm(.transpose, .none, m: inputs, n: outputs, k: n, a: x.data, lda: inputs, b: dout, ldb: outputs,
+        matmul.gemm(.transpose, .none, m: inputs, n: outputs, k: n, a: .fp32(x.data, ld: inputs), b: d,
                     beta: 1, c: weight.grad!, ldc: outputs)
         if let b = bias {
             BLAS.gemv(.transpose, m: n, n: outputs, a: dout, lda: outputs, x: ones, beta: 1, y: b.grad!)
@@ -268,38 +270,54 @@ public final class LinearOp: Op {
 // MARK: - Tied output head: logits[N,V] = x[N,C] @ wte[V,C]^T
 
 public final class TiedHeadOp: Op {
-    let x: Tensor, wte: Tensor, logits: Tensor
-    let n: Int, channels: Int, vocab: Int
-    let matmul: Matmul
-    /// Vocabulary rows per product: all of them in fp32; in bf16 blocks, so rounded operands need little scratch.
-    let block: Int
+    let x: Tensor, logits: Tensor
+    let n: Int, vocab: Int
+    let products: TiedHeadProducts
 
     public init(x: Tensor, wte: Tensor, logits: Tensor, matmul: Matmul = .fp32) {
-        n = x.rows; channels = x.lastDimension; vocab = wte.shape[0]
-        precondition(wte.shape[1] == channels && logits.rows == n && logits.lastDimension == vocab)
-        self.x = x; self.wte = wte; self.logits = logits; self.matmul = matmul
-        block = matmul.precision == .fp32 ? vocab : min(vocab, 4096)
-        matmul.reserve(floats: max(n * channels, block * channels, n * block))
+        n = x.rows; vocab = wte.shape[0]
+        precondition(wte.shape[1] == x.lastDimension && logits.rows == n && logits.lastDimension == vocab)
+        self.x = x; self.logits = logits
+        products = TiedHeadProducts(wte: wte, rows: n, matmul: matmul)
     }
 
-    public func forward() {
+    public func forward() { products.logits(x.data, rows: n, into: logits.data) }
+
+    public func backward() { products.backward(logits.grad!, x: x.data, rows: n, dx: x.grad!) }
+}
+
+/// The tied head's products, for `TiedHeadOp` and `ChunkedHeadCrossEntropyOp`: logits = x wte^T, and backward
+/// dx += dlogits wte, dwte += dlogits^T x. fp32: one product each over the whole vocabulary. bf16: blocks of the
+/// vocabulary (converted operands need little scratch), x converted once for all blocks, each block of the logits'
+/// gradient once for both its products, wte read from the parameters' bf16 copy.
+struct TiedHeadProducts {
+    let wte: Tensor, channels: Int, vocab: Int, block: Int
+    let matmul: Matmul
+
+    /// `rows`: the most positions one call multiplies.
+    init(wte: Tensor, rows: Int, matmul: Matmul) {
+        self.wte = wte; self.matmul = matmul
+        vocab = wte.shape[0]; channels = wte.shape[1]
+        block = matmul.precision == .fp32 ? vocab : min(vocab, 3072)
+        matmul.reserve(floats: max(rows * channels, block * channels, rows * block), slots: 2)
+    }
+
+    func logits(_ x: UnsafePointer<Float>, rows n: Int, into c: UnsafeMutablePointer<Float>) {
+        let C = channels, xo = matmul.prepare(x, rows: n, cols: C, ld: C, slot: 0)
         for v0 in stride(from: 0, to: vocab, by: block) {
-            let rows = min(block, vocab - v0)
-            matmul.gemm(.none, .transpose, m: n, n: rows, k: channels, a: x.data, lda: channels, b: wte.data + v0 * channels,
-                        ldb: channels, beta: 0, c: logits.data + v0, ldc: vocab)
+            matmul.gemm(.none, .transpose, m: n, n: min(block, vocab - v0), k: C, a: xo, b: matmul.weight(wte, offset: v0 * C, ld: C),
+                        beta: 0, c: c + v0, ldc: vocab)
         }
     }
 
-    public func backward() {
-        let dl = logits.grad!
-        // The logits' gradient feeds only these two products: the emulated engine rounds it once, in place.
-        let rounded = matmul.roundInPlaceForProducts(dl, rows: n, cols: vocab, ld: vocab)
+    /// `dlogits` [rows, vocab]; adds into dx [rows, channels] and wte's gradient.
+    func backward(_ dlogits: UnsafePointer<Float>, x: UnsafePointer<Float>, rows n: Int, dx: UnsafeMutablePointer<Float>) {
+        let C = channels, xo = matmul.prepare(x, rows: n, cols: C, ld: C, slot: 0)
         for v0 in stride(from: 0, to: vocab, by: block) {
-            let rows = min(block, vocab - v0)
-            matmul.gemm(.none, .none, m: n, n: channels, k: rows, a: dl + v0, lda: vocab, b: wte.data + v0 * channels,
-                        ldb: channels, beta: 1, c: x.grad!, ldc: channels, aIsBF16: rounded)
-            matmul.gemm(.transpose, .none, m: rows, n: channels, k: n, a: dl + v0, lda: vocab, b: x.data, ldb: channels,
-                        beta: 1, c: wte.grad! + v0 * channels, ldc: channels, aIsBF16: rounded)
+            let rv = min(block, vocab - v0)
+            let d = matmul.prepare(dlogits + v0, rows: n, cols: rv, ld: vocab, slot: 1)
+            matmul.gemm(.none, .none, m: n, n: C, k: rv, a: d, b: matmul.weight(wte, offset: v0 * C, ld: C), beta: 1, c: dx, ldc: C)
+            matmul.gemm(.transpose, .none, m: rv, n: C, k: n, a: d, b: xo, beta: 1, c: wte.grad! + v0 * C, ldc: C)
         }
     }
 }
@@ -506,38 +524,30 @@ extension SoftmaxCrossEntropyOp: LossOp {}
 /// chunk's logits (one extra sgemm), turns them into (softmax − onehot)·gradScale and applies both products.
 /// Used with --recompute, where the full logits would otherwise dominate activation memory.
 public final class ChunkedHeadCrossEntropyOp: LossOp {
-    let x: Tensor, wte: Tensor, targets: TokenBuffer
+    let x: Tensor, targets: TokenBuffer
     let rows: Int, channels: Int, vocab: Int, chunkRows: Int
     let scratch: UnsafeMutablePointer<Float>, lse: UnsafeMutablePointer<Float>, rowLoss: UnsafeMutablePointer<Float>
     public var gradScale: Float
     public private(set) var loss: Float = 0
     public private(set) var lossSum: Double = 0
 
-    let matmul: Matmul
-    /// Vocabulary rows per product (all of them in fp32; blocks in bf16, as `TiedHeadOp`).
-    let block: Int
+    let products: TiedHeadProducts
 
     public init(x: Tensor, wte: Tensor, targets: TokenBuffer, chunkRows: Int = 256, arena: ActivationArena,
                 matmul: Matmul = .fp32) {
         rows = x.rows; channels = x.lastDimension; vocab = wte.shape[0]
         precondition(wte.shape[1] == channels && targets.count >= rows && chunkRows > 0)
-        self.x = x; self.wte = wte; self.targets = targets; self.matmul = matmul
+        self.x = x; self.targets = targets
         self.chunkRows = min(chunkRows, rows)
         scratch = arena.scratch(self.chunkRows * vocab)
         lse = arena.scratch(rows); rowLoss = arena.scratch(rows)
         gradScale = 1 / Float(rows)
-        block = matmul.precision == .fp32 ? vocab : min(vocab, 4096)
-        matmul.reserve(floats: max(self.chunkRows * channels, block * channels, self.chunkRows * block))
+        products = TiedHeadProducts(wte: wte, rows: self.chunkRows, matmul: matmul)
     }
 
     /// Logits of rows [r0, r0 + n) into the scratch buffer.
     @inline(__always)
-    func logits(_ r0: Int, _ n: Int) {
-        for v0 in stride(from: 0, to: vocab, by: block) {
-            matmul.gemm(.none, .transpose, m: n, n: min(block, vocab - v0), k: channels, a: x.data + r0 * channels, lda: channels,
-                        b: wte.data + v0 * channels, ldb: channels, beta: 0, c: scratch + v0, ldc: vocab)
-        }
-    }
+    func logits(_ r0: Int, _ n: Int) { products.logits(x.data + r0 * channels, rows: n, into: scratch) }
 
     public func forward() {
         let V = vocab
@@ -577,14 +587,7 @@ public final class ChunkedHeadCrossEntropyOp: LossOp {
                     d[Int(targets.pointer[r0 + i])] -= scale
                 }
             }
-            let rounded = matmul.roundInPlaceForProducts(scratch, rows: n, cols: V, ld: V)
-            for v0 in stride(from: 0, to: V, by: block) {
-                let rv = min(block, V - v0)
-                matmul.gemm(.none, .none, m: n, n: C, k: rv, a: scratch + v0, lda: V, b: wte.data + v0 * C, ldb: C, beta: 1,
-                            c: x.grad! + r0 * C, ldc: C, aIsBF16: rounded)
-                matmul.gemm(.transpose, .none, m: rv, n: C, k: n, a: scratch + v0, lda: V, b: x.data + r0 * C, ldb: C, beta: 1,
-                            c: wte.grad! + v0 * C, ldc: C, aIsBF16: rounded)
-            }
+            products.backward(scratch, x: x.data + r0 * C, rows: n, dx: x.grad! + r0 * C)
             r0 += n
         }
     }

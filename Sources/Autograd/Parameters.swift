@@ -29,11 +29,17 @@ public struct ParameterLayout: Sendable, Equatable {
 
 /// All parameters in ONE contiguous Float32 buffer and all gradients in another of the same layout.
 /// Tensors handed to ops are views into them, so gradient all-reduce buckets and optimizer-state
-/// shards are plain slices.
+/// shards are plain slices. For bf16 products a third buffer of the same layout holds the values rounded to bf16:
+/// the master weights stay fp32, the products read the copy, which AdamW refreshes as it updates.
 public final class Parameters: @unchecked Sendable {
     public let layout: ParameterLayout
     public let values: FloatBuffer
     public let gradients: FloatBuffer
+    /// The bf16 copy of `values` (bf16 bits), once `enableBF16Copy` made it; two bf16 values per float of storage.
+    public private(set) var bf16: FloatBuffer?
+    public var bf16Pointer: UnsafeMutablePointer<UInt16>? {
+        bf16.map { UnsafeMutableRawPointer($0.pointer).assumingMemoryBound(to: UInt16.self) }
+    }
 
     public init(layout: ParameterLayout) {
         self.layout = layout
@@ -45,7 +51,25 @@ public final class Parameters: @unchecked Sendable {
 
     public func tensor(_ name: String) -> Tensor {
         guard let e = layout.entry(name) else { preconditionFailure("no parameter named \(name)") }
-        return Tensor(data: values.pointer + e.offset, grad: gradients.pointer + e.offset, shape: e.shape)
+        return Tensor(data: values.pointer + e.offset, grad: gradients.pointer + e.offset, half: bf16Pointer.map { $0 + e.offset },
+                      shape: e.shape)
+    }
+
+    /// Makes the bf16 copy (tensors made afterwards carry it); its owner fills it (`refreshBF16Copy`) before use.
+    /// Untouched until then, so a graph built only to count bytes commits none of it.
+    public func enableBF16Copy() {
+        guard bf16 == nil else { return }
+        bf16 = FloatBuffer(count: (count + 1) / 2)
+    }
+
+    /// Bytes of values (fp32) and, with `bf16Copy`, of their bf16 copy, for `count` parameters.
+    public static func valueBytes(count: Int, bf16Copy: Bool) -> Int { 4 * count + (bf16Copy ? 4 * ((count + 1) / 2) : 0) }
+
+    /// Rounds `range` of the values (default: all) into the bf16 copy, on all threads.
+    public func refreshBF16Copy(_ range: Range<Int>? = nil) {
+        guard let half = bf16Pointer else { return }
+        let r = range ?? 0..<count
+        BF16.convert(values.pointer + r.lowerBound, count: r.count, into: half + r.lowerBound, parallel: true)
     }
 
     public func zeroGradients() { gradients.zero() }

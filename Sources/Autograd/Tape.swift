@@ -39,7 +39,7 @@ public final class Tape {
     private var segmentEndingAt: [Int: Segment] = [:]
     private var openSegment: Int?
 
-    public init(precision: MatmulPrecision = .fp32) { matmul = Matmul(precision: precision) }
+    public init(precision: MatmulPrecision = .fp32, engine: BF16Engine? = nil) { matmul = Matmul(precision: precision, engine: engine) }
 
     /// Starts a recomputed segment at the next recorded op.
     public func beginSegment() { openSegment = ops.count }

@@ -3,13 +3,17 @@
 public struct Tensor: @unchecked Sendable {
     public let data: UnsafeMutablePointer<Float>
     public let grad: UnsafeMutablePointer<Float>?
+    /// A parameter's bf16 copy (see `Parameters.enableBF16Copy`), kept for bf16 products; nil elsewhere.
+    public let half: UnsafeMutablePointer<UInt16>?
     public let shape: [Int]
     public let count: Int
 
-    public init(data: UnsafeMutablePointer<Float>, grad: UnsafeMutablePointer<Float>?, shape: [Int]) {
+    public init(data: UnsafeMutablePointer<Float>, grad: UnsafeMutablePointer<Float>?, half: UnsafeMutablePointer<UInt16>? = nil,
+                shape: [Int]) {
         precondition(shape.allSatisfy { $0 > 0 }, "tensor dimensions must be positive: \(shape)")
         self.data = data
         self.grad = grad
+        self.half = half
         self.shape = shape
         self.count = shape.reduce(1, *)
     }

@@ -20,6 +20,9 @@ static dnnl_stream_t stream;
 
 int gd_dnnl_load(char *error, size_t error_size) {
     if (engine) return 0;
+    // oneDNN threads through OpenMP, whose threads by default spin for a while after each product: on cores that
+    // our own kernels need next, that spinning costs ~10% of a bf16 step (124M, 2 threads). Passive unless the user chose.
+    setenv("OMP_WAIT_POLICY", "PASSIVE", 0);
     void *lib = dlopen("libdnnl.so.2", RTLD_NOW | RTLD_GLOBAL);
     if (!lib) {
         snprintf(error, error_size, "cannot load oneDNN (libdnnl.so.2: install Debian's libdnnl-dev, as Launch/setup does): %s", dlerror());
@@ -47,13 +50,14 @@ struct gd_matmul {
     dnnl_memory_t a, b, c;
 };
 
-gd_matmul *gd_matmul_create(int ta, int tb, int64_t m, int64_t n, int64_t k, int64_t ldc, float alpha, float beta,
+gd_matmul *gd_matmul_create(int ta, int tb, int64_t m, int64_t n, int64_t k, int64_t lda, int64_t ldb, int64_t ldc,
+                            float alpha, float beta,
                             char *impl, size_t impl_size, char *error, size_t error_size) {
     if (!engine) { snprintf(error, error_size, "oneDNN is not loaded"); return NULL; }
     dnnl_memory_desc_t a_md, b_md, c_md;
     dnnl_dims_t a_dims = {m, k}, b_dims = {k, n}, c_dims = {m, n};
-    // Contiguous storage, transposed or not, as strides of the logical matrices.
-    dnnl_dims_t a_strides = {ta ? 1 : k, ta ? m : 1}, b_strides = {tb ? 1 : n, tb ? k : 1}, c_strides = {ldc, 1};
+    // Row-major storage with leading dimensions, transposed or not, as strides of the logical matrices.
+    dnnl_dims_t a_strides = {ta ? 1 : lda, ta ? lda : 1}, b_strides = {tb ? 1 : ldb, tb ? ldb : 1}, c_strides = {ldc, 1};
     dnnl_matmul_desc_t desc;
     dnnl_primitive_attr_t attr = NULL;
     dnnl_post_ops_t post_ops = NULL;

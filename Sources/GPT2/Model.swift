@@ -71,15 +71,17 @@ public final class GPT2Graph {
     /// in backward; only each block's output is kept, so activations are ~one block plus the block inputs.
     /// `precision`: what the matrix products multiply (bf16: operands rounded to bf16, accumulated in fp32; the
     /// weights, LayerNorm, softmax, GELU, the loss and every gradient stay fp32).
+    /// `bf16Engine`: the engine of bf16 products (default: `BF16Engine.choose()`).
     public init(model: GPT2Model, batch: Int, seqLen: Int, mode: Mode, recompute: Bool = false,
-                precision: MatmulPrecision = .fp32) {
+                precision: MatmulPrecision = .fp32, bf16Engine: BF16Engine? = nil) {
         let cfg = model.config
         precondition(seqLen >= 1 && seqLen <= cfg.contextLength, "seq-len must be in 1...context_length")
         self.model = model; self.batch = batch; self.seqLen = seqLen; self.mode = mode
         let B = batch, T = seqLen, C = cfg.embDim, V = cfg.vocabSize, L = cfg.nLayers
-        let tape = Tape(precision: precision)
+        let tape = Tape(precision: precision, engine: bf16Engine)
         self.tape = tape
         let p = model.parameters, arena = tape.arena, ctx = tape.context
+        if precision == .bf16 { p.enableBF16Copy() }  // before the ops take their tensors: they read it
         let grad: ActivationArena.Gradient = mode == .train ? .accumulated : .none
         let drop = Float(cfg.dropRate)
         inputs = TokenBuffer(count: B * T)
@@ -173,9 +175,12 @@ public final class GPT2Graph {
     /// training graph evaluates without dropout (validation reuses the training graph's memory).
     /// `awaitingParameters(k)` is called before the first op that reads region k of `config.gradientRegions`
     /// (the token embedding reads wte's rows of `inputs` before region 0: the caller provides those first).
+    /// bf16: the products read the parameters' bf16 copy, rounded again here unless `bf16CopyIsCurrent` (the caller
+    /// refreshed it with every change of the values since, as the trainer's AdamW update does).
     @discardableResult
     public func forward(step: Int = 0, seed: UInt64 = 0, rowOffset: Int = 0, training: Bool? = nil,
-                        awaitingParameters: ((Int) -> Void)? = nil) -> Float {
+                        bf16CopyIsCurrent: Bool = false, awaitingParameters: ((Int) -> Void)? = nil) -> Float {
+        if precision == .bf16 && !bf16CopyIsCurrent { model.parameters.refreshBF16Copy() }
         let c = tape.context
         c.step = step; c.seed = seed; c.rowOffset = rowOffset; c.training = training ?? (mode == .train)
         tape.forward(awaiting: awaitingParameters)

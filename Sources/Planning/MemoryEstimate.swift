@@ -2,7 +2,8 @@ import Autograd
 import Distributed
 import GPT2
 
-/// Bytes one rank needs: parameters and gradients (4 + 4 B per parameter), AdamW m and v (8 B, or 8/N with
+/// Bytes one rank needs: parameters and gradients (4 + 4 B per parameter; bf16 adds the parameters' bf16 copy,
+/// 2 B), AdamW m and v (8 B, or 8/N with
 /// ZeRO-1), the activations of one micro-batch (counted exactly by building the training graph, which touches no
 /// memory), and the runtime itself (Swift, MPI, OpenBLAS and HDF5 libraries and buffers: ~65 MiB measured here).
 /// With ZeRO-1, every rank holds a receive buffer of one gradient bucket, and rank 0 a buffer of the largest tensor
@@ -21,7 +22,7 @@ public struct MemoryEstimate {
                 activationBytes: Int? = nil, bucketMb: Double = BucketSchedule.defaultBucketMb,
                 precision: MatmulPrecision = .fp32) {
         let n = Double(config.parameterCount)
-        parameters = 4 * n
+        parameters = Double(Parameters.valueBytes(count: config.parameterCount, bf16Copy: precision == .bf16))
         gradients = 4 * n
         let sharded = zero && ranks > 1
         optimizer = sharded ? 8 * (n / Double(ranks)).rounded(.up) : 8 * n

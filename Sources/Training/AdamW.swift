@@ -46,8 +46,11 @@ public final class AdamW {
     }
 
     /// One update of this optimizer's parts of `params` (the whole flat buffer) from `grads` (likewise), with the
-    /// gradient multiplied by `gradScale` first (global-norm clipping). `t` is the 1-based step count.
-    public func step(params: UnsafeMutablePointer<Float>, grads: UnsafePointer<Float>, lr: Double, t: Int, gradScale: Float) {
+    /// gradient multiplied by `gradScale` first (global-norm clipping). `t` is the 1-based step count. `bf16`: the
+    /// parameters' bf16 copy (same layout), whose updated parts are rounded from the new values in the same pass,
+    /// a cache-sized block at a time.
+    public func step(params: UnsafeMutablePointer<Float>, grads: UnsafePointer<Float>, lr: Double, t: Int, gradScale: Float,
+                     bf16: UnsafeMutablePointer<UInt16>? = nil) {
         let b1 = Float(hyper.beta1), b2 = Float(hyper.beta2), eps = Float(hyper.eps)
         let bc1 = 1 - pow(hyper.beta1, Double(t)), bc2 = 1 - pow(hyper.beta2, Double(t))
         let invSqrtBc2 = Float(1 / bc2.squareRoot())
@@ -57,14 +60,21 @@ public final class AdamW {
             let stepSize = Float(lr / bc1)
             let decay: Float = decays ? 1 - Float(lr * hyper.weightDecay) : 1
             Parallel.chunks(run.count, costPerItem: 12) { _, r in
-                for j in r {
-                    let i = run.lowerBound + j, k = state + j
-                    let g = grads[i] * gradScale
-                    let p = params[i] * decay
-                    let mi = b1 * mp[k] + (1 - b1) * g
-                    let vi = b2 * vp[k] + (1 - b2) * g * g
-                    mp[k] = mi; vp[k] = vi
-                    params[i] = p - stepSize * (mi / (vi.squareRoot() * invSqrtBc2 + eps))
+                for block in stride(from: r.lowerBound, to: r.upperBound, by: 4096) {
+                    let end = min(block + 4096, r.upperBound)
+                    for j in block..<end {
+                        let i = run.lowerBound + j, k = state + j
+                        let g = grads[i] * gradScale
+                        let p = params[i] * decay
+                        let mi = b1 * mp[k] + (1 - b1) * g
+                        let vi = b2 * vp[k] + (1 - b2) * g * g
+                        mp[k] = mi; vp[k] = vi
+                        params[i] = p - stepSize * (mi / (vi.squareRoot() * invSqrtBc2 + eps))
+                    }
+                    if let bf16 {
+                        let i = run.lowerBound + block
+                        BF16.convert(params + i, count: end - block, into: bf16 + i, parallel: false)
+                    }
                 }
             }
         }

@@ -47,11 +47,12 @@ public struct StepBenchmark {
             if s == 1 && profile { graph.tape.opSeconds = Array(repeating: 0, count: graph.tape.ops.count) }
             let t0 = Runtime.now()
             model.parameters.zeroGradients()
-            graph.forward(step: s, seed: 1)
+            graph.forward(step: s, seed: 1, bf16CopyIsCurrent: s > 0)  // after the first, AdamW keeps it current
             let t1 = Runtime.now()
             graph.backward()
             let t2 = Runtime.now()
-            adamW?.step(params: model.parameters.values.pointer, grads: model.parameters.gradients.pointer, lr: 1e-4, t: s + 1, gradScale: 1)
+            adamW?.step(params: model.parameters.values.pointer, grads: model.parameters.gradients.pointer, lr: 1e-4, t: s + 1, gradScale: 1,
+                         bf16: model.parameters.bf16Pointer)
             let t3 = Runtime.now()
             if s > 0 { times.append(t3 - t0); forward.append(t1 - t0); update.append(t3 - t2) }
         }

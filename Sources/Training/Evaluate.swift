@@ -10,8 +10,10 @@ import Machine
 /// Mean next-token cross-entropy over `batches` consecutive batches of the shared batch order
 /// (batch s starts at token (s mod M)·B·T). Rows of each batch are split over ranks as in training
 /// and run through `graph` (micro-batch rows at a time, dropout off); the mean is over all B·T·batches positions.
+/// `bf16CopyIsCurrent`: as `GPT2Graph.forward` (either way, the copy is rounded at most once: the weights do not change
+/// while evaluating).
 public func evaluateLoss(graph: GPT2Graph, data: TokenDataset, batchSize: Int, seqLen: Int, batches: Int,
-                         comm: Communicator) throws -> Double {
+                         comm: Communicator, bf16CopyIsCurrent: Bool = false) throws -> Double {
     let order = try BatchOrder(tokenCount: data.count, batchSize: batchSize, seqLen: seqLen)
     let rowsPerRank = batchSize / comm.size, micro = graph.batch
     precondition(batchSize % comm.size == 0 && rowsPerRank % micro == 0)
@@ -20,7 +22,7 @@ public func evaluateLoss(graph: GPT2Graph, data: TokenDataset, batchSize: Int, s
         for k in 0..<(rowsPerRank / micro) {
             let first = comm.rank * rowsPerRank + k * micro
             order.fill(data, step: s, firstRow: first, rows: micro, inputs: graph.inputs.pointer, targets: graph.targets.pointer)
-            graph.forward(step: s, rowOffset: first, training: false)
+            graph.forward(step: s, rowOffset: first, training: false, bf16CopyIsCurrent: bf16CopyIsCurrent || s + k > 0)
             total[0] += graph.lossSum
         }
     }

@@ -169,6 +169,20 @@ public final class Trainer {
         var resumedPrecision: MatmulPrecision?  // what the resumed checkpoint's run trained with
         let started = Runtime.now()
         var timedSteps = 0, timedSeconds = 0.0
+        /// bf16: whether the parameters' bf16 copy matches the values (AdamW refreshes what it updates; under ZeRO-1
+        /// the other ranks' parts are rounded as their all-gather lands: `awaitParameters`).
+        var bf16CopyIsCurrent = false
+        /// ZeRO-1 in bf16: the regions whose all-gathered parts are not yet in the bf16 copy.
+        var bf16RegionsPending: [Bool] = []
+        lazy var othersParts: [[Range<Int>]] = model.config.gradientRegions.map { region in
+            var parts: [Range<Int>] = [], next = region.lowerBound
+            for owned in sharding.mine where owned.overlaps(region) {
+                if owned.lowerBound > next { parts.append(next..<owned.lowerBound) }
+                next = max(next, owned.upperBound)
+            }
+            if next < region.upperBound { parts.append(next..<region.upperBound) }
+            return parts
+        }
 
         init(model: GPT2Model, optimizer: AdamW, sharding: OptimizerSharding, graph: GPT2Graph, reducer: BucketedAllReduce,
              order: BatchOrder, sgemmPeak: Double) {
@@ -373,9 +387,10 @@ public final class Trainer {
                          inputs: s.graph.inputs.pointer, targets: s.graph.targets.pointer)
             dataSeconds += Runtime.now() - tData
             // ZeRO-1: the previous update's all-gather may still be landing; forward waits region by region.
-            s.graph.forward(step: s.step, seed: UInt64(o.seed), rowOffset: first,
-                            awaitingParameters: reducer.gathering ? { reducer.awaitParameters(region: $0) } : nil)
-            reducer.awaitAllParameters()
+            s.graph.forward(step: s.step, seed: UInt64(o.seed), rowOffset: first, bf16CopyIsCurrent: s.bf16CopyIsCurrent,
+                            awaitingParameters: reducer.gathering ? { self.awaitParameters(s, region: $0) } : nil)
+            s.bf16CopyIsCurrent = true
+            awaitAllParameters(s)
             lossSum += s.graph.lossSum
             let deferRows = k == plan.accumulation - 1 && s.tokenRows != nil
             s.graph.defersTokenGradient = deferRows
@@ -409,8 +424,10 @@ public final class Trainer {
         }
         s.badSteps = 0
         let clip: Float = o.gradClip > 0 ? Float(min(1, o.gradClip / (norm + 1e-6))) : 1
-        s.optimizer.step(params: params.values.pointer, grads: params.gradients.pointer, lr: lr, t: s.step + 1, gradScale: clip)
+        s.optimizer.step(params: params.values.pointer, grads: params.gradients.pointer, lr: lr, t: s.step + 1, gradScale: clip,
+                         bf16: params.bf16Pointer)
         guard s.sharding.sharded else { return }
+        if params.bf16 != nil { s.bf16RegionsPending = Array(repeating: true, count: s.othersParts.count) }
         // The next step's first forward reads wte's rows of its tokens first: those now, the rest while it runs.
         if let rows = s.tokenRows, s.reducer.overlap {
             fillEveryRanksTokens(rows, s, plan, step: s.step + 1, microBatch: 0)
@@ -418,6 +435,21 @@ public final class Trainer {
                            comm: comm)
         }
         s.reducer.startAllGather(params.values.pointer)
+    }
+
+    /// ZeRO-1: waits until region `region` holds every rank's updated parameters, and (bf16) rounds the other ranks'
+    /// parts of it into the bf16 copy (this rank's parts were rounded by its AdamW update).
+    func awaitParameters(_ s: State, region: Int) {
+        s.reducer.awaitParameters(region: region)
+        guard s.bf16RegionsPending.indices.contains(region), s.bf16RegionsPending[region] else { return }
+        for part in s.othersParts[region] { s.model.parameters.refreshBF16Copy(part) }
+        s.bf16RegionsPending[region] = false
+    }
+
+    /// Waits for the whole all-gather (before anything reads all parameters: evaluation, checkpoints, checks).
+    func awaitAllParameters(_ s: State) {
+        s.reducer.awaitAllParameters()
+        for region in s.bf16RegionsPending.indices { awaitParameters(s, region: region) }
     }
 
     /// Token ids of micro-batch `microBatch` of every rank at `step`, rank by rank, as each rank reads them.
@@ -465,10 +497,11 @@ public final class Trainer {
 
     func validateLoss(_ s: State, _ plan: Plan) throws {
         guard let val = plan.val, o.evalBatches > 0 else { return }
-        s.reducer.awaitAllParameters()  // ZeRO-1's all-gather otherwise overlaps the next forward
+        awaitAllParameters(s)  // ZeRO-1's all-gather otherwise overlaps the next forward
         let B = o.batchSize, T = o.seqLen
         let batches = min(o.evalBatches, (val.count - 1) / (B * T))
-        let loss = try evaluateLoss(graph: s.graph, data: val, batchSize: B, seqLen: T, batches: batches, comm: comm)
+        let loss = try evaluateLoss(graph: s.graph, data: val, batchSize: B, seqLen: T, batches: batches, comm: comm,
+                                    bf16CopyIsCurrent: s.bf16CopyIsCurrent)
         if comm.isRoot {
             log(String(format: "  validation loss %.4f (step %d, %d batches)", loss, s.step, batches))
             record(s, ["val_step": Double(s.step), "val_loss": loss])
@@ -480,7 +513,7 @@ public final class Trainer {
     /// Rank 0 writes OUT/ckpt-STEP.h5 (every rank takes part in gathering sharded optimizer state); the file is
     /// verified before it replaces anything, and only then does `latest` move and old checkpoints go.
     func checkpoint(_ s: State) throws {
-        s.reducer.awaitAllParameters()  // ZeRO-1's all-gather otherwise overlaps the next forward
+        awaitAllParameters(s)  // ZeRO-1's all-gather otherwise overlaps the next forward
         var failure: String?
         let params = s.model.parameters
         let path = o.out! + "/" + TrainCheckpoint.fileName(step: s.step)
@@ -543,13 +576,14 @@ public final class Trainer {
     static let injectedDriftStep = ProcessInfo.processInfo.environment["GPT2DIST_INJECT_DRIFT"].flatMap { Int($0) }
 
     func injectDrift(_ s: State) {
-        s.reducer.awaitAllParameters()
+        awaitAllParameters(s)
         s.model.parameters.values.pointer[0] += 1e-3
+        s.bf16CopyIsCurrent = false
     }
 
     /// All ranks must hold bit-identical parameters; a checksum of every one of them catches drift.
     func checkReplicas(_ s: State) throws {
-        s.reducer.awaitAllParameters()
+        awaitAllParameters(s)
         let params = s.model.parameters
         let sum = parameterChecksum(params.values.pointer, params.count)
         var lo = [sum], hi = [sum]

@@ -109,11 +109,11 @@ struct Info: ParsableCommand {
             guard T > 0, T <= cfg.contextLength else { throw GPT2DistError(.usage, "--seq-len must be in 1...\(cfg.contextLength)") }
             let mem = MemoryEstimate(config: cfg, microBatch: micro, seqLen: T, ranks: ranks, zero: zero == 1, recompute: recompute,
                                      precision: precision)
-            let n = Double(cfg.parameterCount), adam = mem.optimizer + mem.checkpointGather, act = mem.activations, total = mem.rootTotal
+            let adam = mem.optimizer + mem.checkpointGather, act = mem.activations, total = mem.rootTotal
             if json {
                 print("""
                 {"parameters": \(cfg.parameterCount), "parameters_untied": \(cfg.untiedParameterCount), \
-                "bytes_parameters": \(Int(4 * n)), "bytes_gradients": \(Int(4 * n)), "bytes_adamw": \(Int(adam)), \
+                "bytes_parameters": \(Int(mem.parameters)), "bytes_gradients": \(Int(mem.gradients)), "bytes_adamw": \(Int(adam)), \
                 "bytes_activations": \(Int(act)), "bytes_total_per_rank": \(Int(total)), "flops_per_token": \(cfg.flopsPerToken(seqLen: T))}
                 """)
                 return
@@ -121,8 +121,8 @@ struct Info: ParsableCommand {
             print("model: \(cfg.nLayers) layers, emb_dim \(cfg.embDim), \(cfg.nHeads) heads, context \(cfg.contextLength), vocab \(cfg.vocabSize), qkv_bias \(cfg.qkvBias), drop_rate \(cfg.dropRate)")
             print("parameters: \(grouped(cfg.parameterCount)) (output head tied to wte); \(grouped(cfg.untiedParameterCount)) if untied")
             print("per rank (\(ranks) rank(s), micro-batch \(micro) x \(T) tokens\(zero == 1 ? ", ZeRO-1" : "")\(recompute ? ", recompute" : "")):")
-            print("  parameters  \(Format.bytes(4 * n))")
-            print("  gradients   \(Format.bytes(4 * n))")
+            print("  parameters  \(Format.bytes(mem.parameters))\(precision == .bf16 ? " (fp32 and the bf16 copy)" : "")")
+            print("  gradients   \(Format.bytes(mem.gradients))")
             print("  AdamW m, v  \(Format.bytes(adam))\(mem.checkpointGather > 0 ? " (includes rank 0's checkpoint gather buffer, \(Format.bytes(mem.checkpointGather)))" : "")")
             print("  activations \(Format.bytes(act))")
             if mem.communication > 0 { print("  reduce-scatter buffer \(Format.bytes(mem.communication)) (one gradient bucket)") }

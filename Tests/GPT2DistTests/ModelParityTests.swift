@@ -125,20 +125,22 @@ struct RecomputeTests {
     }
 }
 
-/// A steady-state training step reuses every buffer: parameters, gradients, activations, AdamW state.
+/// A steady-state training step reuses every buffer: parameters, gradients, activations, AdamW state (and in bf16 the
+/// parameters' bf16 copy and the converted operands' scratch).
 struct SteadyStateTests {
-    @Test func trainingStepAllocatesNothing() throws {
+    @Test(arguments: MatmulPrecision.allCases) func trainingStepAllocatesNothing(precision: MatmulPrecision) throws {
         let cfg = try GPT2Config(vocabSize: 256, contextLength: 32, embDim: 48, nHeads: 4, nLayers: 2, dropRate: 0.1)
         let model = GPT2Model(config: cfg)
         model.initialize(seed: 1)
-        let graph = GPT2Graph(model: model, batch: 2, seqLen: 16, mode: .train)
+        let graph = GPT2Graph(model: model, batch: 2, seqLen: 16, mode: .train, precision: precision)
         for i in 0..<32 { graph.inputs.pointer[i] = Int32(i * 5 % 256); graph.targets.pointer[i] = Int32(i * 3 % 256) }
         let opt = Training.AdamW(layout: model.parameters.layout, hyper: .init())
         func step(_ s: Int) {
             model.parameters.zeroGradients()
-            graph.forward(step: s, seed: 1)
+            graph.forward(step: s, seed: 1, bf16CopyIsCurrent: s > 0)
             graph.backward()
-            opt.step(params: model.parameters.values.pointer, grads: model.parameters.gradients.pointer, lr: 1e-3, t: s + 1, gradScale: 1)
+            opt.step(params: model.parameters.values.pointer, grads: model.parameters.gradients.pointer, lr: 1e-3, t: s + 1, gradScale: 1,
+                     bf16: model.parameters.bf16Pointer)
         }
         step(0)
         // (Counted per thread: other suites run concurrently in this process.)

@@ -81,21 +81,49 @@ public final class AdamW {
     }
 }
 
-/// Learning rate at a 0-based step: linear warmup to `lr`, then cosine decay to `minLR` at `totalSteps`
-/// (or constant).
+/// Learning rate at a 0-based step: linear warmup to `lr` over `warmupSteps` (lr·(step+1)/warmup), then
+/// - cosine: cosine decay to `minLR` at `totalSteps`;
+/// - constant: `lr` from then on;
+/// - wsd (warmup-stable-decay): `lr` until the decay starts at D = ⌊(1 − decayFraction)·totalSteps⌋ (llm.c's decay
+///   point), then from `lr` towards `minLR` over the last steps: with p = (step − D) / (totalSteps − D),
+///   lr_min + f(p)·(lr − lr_min), f = 1 − p (linear), 1 − √p (sqrt, llm.c's WSD) or (1 + cos πp) / 2 (cosine).
+///   A run in its stable phase can be continued to a later end (`--resume --steps`): the decay then covers the new
+///   run's final fraction, and every step before it is as it was.
 public struct LRSchedule: Sendable {
-    public enum Kind: String, Sendable, CaseIterable { case cosine, constant }
+    public enum Kind: String, Sendable, CaseIterable { case cosine, constant, wsd }
+    public enum DecayShape: String, Sendable, CaseIterable { case linear, sqrt, cosine }
     public var kind: Kind, lr: Double, minLR: Double, warmupSteps: Int, totalSteps: Int
+    public var decayFraction: Double, decayShape: DecayShape
 
-    public init(kind: Kind, lr: Double, minLR: Double, warmupSteps: Int, totalSteps: Int) {
+    public init(kind: Kind, lr: Double, minLR: Double, warmupSteps: Int, totalSteps: Int, decayFraction: Double = 0.2,
+                decayShape: DecayShape = .sqrt) {
         self.kind = kind; self.lr = lr; self.minLR = minLR; self.warmupSteps = warmupSteps; self.totalSteps = totalSteps
+        self.decayFraction = decayFraction; self.decayShape = decayShape
     }
+
+    /// WSD's first decaying step.
+    public var decayStart: Int { Int((1 - decayFraction) * Double(totalSteps)) }
 
     public func callAsFunction(_ step: Int) -> Double {
         if step < warmupSteps { return lr * Double(step + 1) / Double(warmupSteps) }
-        if kind == .constant { return lr }
-        let span = max(1, totalSteps - warmupSteps)
-        let ratio = min(1, Double(step - warmupSteps) / Double(span))
-        return minLR + 0.5 * (1 + cos(Double.pi * ratio)) * (lr - minLR)
+        switch kind {
+        case .constant:
+            return lr
+        case .cosine:
+            let span = max(1, totalSteps - warmupSteps)
+            let ratio = min(1, Double(step - warmupSteps) / Double(span))
+            return minLR + 0.5 * (1 + cos(Double.pi * ratio)) * (lr - minLR)
+        case .wsd:
+            let start = max(decayStart, warmupSteps)
+            guard step >= start else { return lr }
+            let p = min(1, Double(step - start) / Double(max(1, totalSteps - start)))
+            let f: Double
+            switch decayShape {
+            case .linear: f = 1 - p
+            case .sqrt: f = 1 - p.squareRoot()
+            case .cosine: f = 0.5 * (1 + cos(Double.pi * p))
+            }
+            return minLR + f * (lr - minLR)
+        }
     }
 }

@@ -24,6 +24,8 @@ public struct TrainOptions: Equatable, Sendable {
     public var warmupSteps = 0
     public var lrSchedule = LRSchedule.Kind.constant
     public var lrDecaySteps: Int?
+    public var decayFraction = 0.2
+    public var decayShape = LRSchedule.DecayShape.sqrt
     public var weightDecay = 0.1
     public var embeddingLrScale = 1.0
     public var beta1 = 0.9
@@ -66,10 +68,12 @@ public struct TrainOptions: Equatable, Sendable {
         .value("micro-batch-size", \.microBatchSize, "Sequences per rank per forward/backward (default: batch-size / ranks; the rest is gradient accumulation)."),
         .value("seq-len", \.seqLen, "Sequence length in tokens."),
         .value("lr", \.lr, "Peak learning rate."),
-        .value("min-lr", \.minLr, "Final learning rate of the cosine schedule."),
+        .value("min-lr", \.minLr, "Final learning rate of the cosine and wsd schedules."),
         .value("warmup-steps", \.warmupSteps, "Linear warmup steps."),
-        .value("lr-schedule", \.lrSchedule, "constant (after warmup; extending a run never changes steps already taken) or cosine (to --min-lr at --lr-decay-steps)."),
-        .value("lr-decay-steps", \.lrDecaySteps, "Steps over which cosine decays (default: --steps)."),
+        .value("lr-schedule", \.lrSchedule, "constant (after warmup; extending a run never changes steps already taken), cosine (to --min-lr at --lr-decay-steps) or wsd (constant, then a decay to --min-lr over the last --decay-fraction of --lr-decay-steps; a stable-phase checkpoint resumed with more --steps decays over the new end)."),
+        .value("lr-decay-steps", \.lrDecaySteps, "Steps the cosine and wsd schedules end at (default: --steps)."),
+        .value("decay-fraction", \.decayFraction, "wsd: the fraction of the steps that decays."),
+        .value("decay-shape", \.decayShape, "wsd: the decay's shape: linear, sqrt (1 - sqrt, llm.c's) or cosine."),
         .value("weight-decay", \.weightDecay, "AdamW weight decay on matrices and embeddings."),
         .value("embedding-lr-scale", \.embeddingLrScale, "Learning-rate multiplier for the token embedding (wte, tied with the output head); 1 is GPT-2's single rate."),
         .value("beta1", \.beta1, "AdamW beta1."),
@@ -238,6 +242,7 @@ public struct TrainOptions: Equatable, Sendable {
         try finite(minLr, "min-lr", ">= 0", { $0 >= 0 })
         try nonNegative(warmupSteps, "warmup-steps")
         if let d = lrDecaySteps { try positive(d, "lr-decay-steps") }
+        try finite(decayFraction, "decay-fraction", "in (0, 1]", { $0 > 0 && $0 <= 1 })
         try finite(weightDecay, "weight-decay", ">= 0", { $0 >= 0 })
         try finite(embeddingLrScale, "embedding-lr-scale", "> 0", { $0 > 0 })
         try finite(beta1, "beta1", "in [0, 1)", { $0 >= 0 && $0 < 1 })
@@ -368,5 +373,6 @@ extension ChoiceValue {
 }
 
 extension LRSchedule.Kind: ChoiceValue {}
+extension LRSchedule.DecayShape: ChoiceValue {}
 extension ZeroStage: ChoiceValue {}
 extension MatmulPrecision: ChoiceValue {}

@@ -131,7 +131,8 @@ public final class Trainer {
         if candidates.isEmpty && !TrainCheckpoint.list(directory: out).isEmpty {
             throw GPT2DistError(.training, "\(out) already holds checkpoints; pass --resume to continue that run or choose another --out")
         }
-        let schedule = LRSchedule(kind: o.lrSchedule, lr: o.lr, minLR: o.minLr, warmupSteps: o.warmupSteps, totalSteps: o.lrDecaySteps ?? o.steps)
+        let schedule = LRSchedule(kind: o.lrSchedule, lr: o.lr, minLR: o.minLr, warmupSteps: o.warmupSteps, totalSteps: o.lrDecaySteps ?? o.steps,
+                                  decayFraction: o.decayFraction, decayShape: o.decayShape)
         return Plan(config: config, train: train, val: val, micro: micro, accumulation: o.batchSize / (micro * n),
                     resumeCandidates: candidates, initPath: o.initFrom, schedule: schedule, dataIdentity: trainManifest?.id)
     }

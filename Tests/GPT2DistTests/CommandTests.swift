@@ -102,6 +102,32 @@ import Training
     }
 }
 
+/// WSD through the release binary: a stable-phase checkpoint continued to a later end keeps every step it had and
+/// decays over the new run's last fraction; a bad fraction is one line.
+@Suite(.serialized) struct WSDCommandTests {
+    @Test func stablePhaseCheckpointBranchesIntoALaterDecay() throws {
+        let dir = tmpDir("wsd")
+        let cfg = try writeConfig(dir, dropRate: 0)
+        let wsd = ["--lr-schedule", "wsd", "--decay-fraction", "0.5", "--min-lr", "3e-4", "--decay-shape", "linear", "--ckpt-every", "4"]
+        #expect(try CLI.run(trainArgs(config: cfg, out: dir + "/short", steps: 10, extra: wsd)).status == 0)
+        let short = try MetricsLog.read(path: dir + "/short/metrics.h5")["lr"] ?? []
+        // 10 steps, decay from step 5 (0-based): lr 3e-3 (after 2 warmup steps) then linear towards 3e-4.
+        #expect(short.count == 10 && short[2...4].allSatisfy { $0 == 3e-3 } && short[5] == 3e-3 && short[9] < short[6])
+        #expect(abs(short[9] - (3e-4 + (1 - 4.0 / 5) * 2.7e-3)) < 1e-9, "\(short)")
+        // Branch the step-4 checkpoint (stable phase) into a 20-step run: steps 5...9 stay at 3e-3, the decay moves to 10.
+        try FileManager.default.copyItem(atPath: dir + "/short", toPath: dir + "/long")
+        let resumed = try CLI.run(trainArgs(config: cfg, out: dir + "/long", steps: 20,
+                                            extra: ["--resume", dir + "/long/" + TrainCheckpoint.fileName(step: 4)]))
+        #expect(resumed.status == 0, "\(resumed.stderr)")
+        let m = try MetricsLog.read(path: dir + "/long/metrics.h5")
+        let long = MetricsLog.lastPerStep(m["step"] ?? [], m["lr"] ?? []).values
+        #expect(long.count == 20 && Array(long[0..<4]) == Array(short[0..<4]), "\(long)")
+        #expect(long[4...10].allSatisfy { $0 == 3e-3 } && abs(long[19] - (3e-4 + (1 - 9.0 / 10) * 2.7e-3)) < 1e-9, "\(long)")
+        let bad = try CLI.run(trainArgs(config: cfg, out: dir + "/bad", steps: 2, extra: ["--lr-schedule", "wsd", "--decay-fraction", "0"]))
+        #expect(bad.status == 1 && bad.stderr.contains("--decay-fraction") && bad.stderr.split(separator: "\n").count == 1, "\(bad.stderr)")
+    }
+}
+
 /// bf16 mixed precision through the release binary: np 1 and np 2 agree as fp32 runs do, a resume is bit-identical,
 /// ZeRO-1 and recompute train to nearly the same losses, and a bf16 run may go on in fp32 (said in one line).
 @Suite(.serialized) struct PrecisionCommandTests {

@@ -122,6 +122,27 @@ struct TrainingParityTests {
         let c = LRSchedule(kind: .constant, lr: 3e-4, minLR: 0, warmupSteps: 0, totalSteps: 50)
         #expect(c(0) == 3e-4 && c(49) == 3e-4)
     }
+
+    /// WSD as llm.c's schedulers.h computes it (decay point ⌊0.8·T⌋, then min + (1 − √p)(max − min)), and the other
+    /// two shapes, at chosen steps: lr 1e-3 → 1e-4, warmup 10, 100 steps, the last 20% decaying.
+    @Test func warmupStableDecaySchedule() {
+        func wsd(_ shape: LRSchedule.DecayShape, total: Int = 100) -> LRSchedule {
+            LRSchedule(kind: .wsd, lr: 1e-3, minLR: 1e-4, warmupSteps: 10, totalSteps: total, decayFraction: 0.2, decayShape: shape)
+        }
+        let s = wsd(.sqrt)
+        #expect(abs(s(0) - 1e-4) < 1e-12 && abs(s(9) - 1e-3) < 1e-12)     // warmup: lr·(step+1)/10
+        #expect(s(10) == 1e-3 && s(79) == 1e-3 && s(80) == 1e-3)         // stable, and the decay's first step (p = 0)
+        #expect(abs(s(85) - 5.5e-4) < 1e-12)                              // p = 1/4: 1 − √p = 1/2
+        #expect(abs(s(99) - (1e-4 + (1 - (19.0 / 20).squareRoot()) * 9e-4)) < 1e-12)
+        #expect(abs(s(100) - 1e-4) < 1e-12)
+        #expect(abs(wsd(.linear)(85) - 7.75e-4) < 1e-12)                   // 1 − p = 3/4
+        #expect(abs(wsd(.cosine)(85) - (1e-4 + 0.5 * (1 + cos(Double.pi / 4)) * 9e-4)) < 1e-12)
+        #expect(wsd(.sqrt, total: 1001).decayStart == 800)                 // ⌊0.8 · 1001⌋, as llm.c's (int) cast
+        // Continued to a later end: the stable phase stretches, and every step before the old decay is unchanged.
+        let longer = wsd(.sqrt, total: 200)
+        for step in 0..<80 { #expect(longer(step) == s(step)) }
+        #expect(longer(159) == 1e-3 && longer(170) < 1e-3)
+    }
 }
 
 /// The bucket schedule that lets gradient traffic overlap backward: regions are announced only once final, and

@@ -40,6 +40,7 @@ public struct TrainOptions: Equatable, Sendable {
     public var ckptEvery = 0
     public var keepCheckpoints = 3
     public var evalEvery = 0
+    public var tensorboard = true
     public var evalBatches = 10
     public var bucketMb = BucketSchedule.defaultBucketMb
     public var overlap = true
@@ -89,6 +90,7 @@ public struct TrainOptions: Equatable, Sendable {
         .value("keep-checkpoints", \.keepCheckpoints, "Keep only the newest N checkpoints (0: keep all)."),
         .value("eval-every", \.evalEvery, "Validation every N steps (0: never)."),
         .value("eval-batches", \.evalBatches, "Validation batches per evaluation."),
+        .value("tensorboard", \.tensorboard, "Also write the metrics as a TensorBoard event file in --out (true or false; alone: true).", bare: "true"),
         .value("bucket-mb", \.bucketMb, "Gradient bucket size in MB (buckets are filled in the order backward finishes the gradients)."),
         .flag("overlap", \.overlap, "Overlap the gradient all-reduce with backward."),
         .value("zero", \.zero, "1: shard AdamW state across ranks (ZeRO-1); 0: replicate it."),
@@ -342,6 +344,14 @@ extension Double: OptionValue {
     init?(word: String) { self.init(word as String) }
     init?(json: JSONValue) { guard let d = json.number else { return nil }; self = d }
     var json: JSONValue? { isFinite ? .number(self) : .string(String(self)) }
+}
+
+extension Bool: OptionValue {
+    static var valueName: String { "true|false" }
+    static var expected: String { "true or false" }
+    init?(word: String) { guard let b = Bool(word) else { return nil }; self = b }
+    init?(json: JSONValue) { guard case .bool(let b) = json else { return nil }; self = b }
+    var json: JSONValue? { .bool(self) }
 }
 
 extension String: OptionValue {

@@ -159,6 +159,7 @@ public final class Trainer {
         let order: BatchOrder
         let sgemmPeak: Double
         var metrics: MetricsLog?
+        var tensorboard: TensorBoardWriter?  // rank 0, unless --tensorboard false
         var tokenRows: TokenGradientExchange?  // several ranks: the token embedding's rows of wte, summed apart
         var step = 0, tokensSeen = 0
         var firstStep = 0  // where this run started (after a resume: the checkpoint's step)
@@ -225,6 +226,9 @@ public final class Trainer {
             let removed = TrainCheckpoint.removeStaleTemporaries(directory: o.out!)
             for r in removed { log("  removed \(r), left by a run that was killed while writing a checkpoint") }
             return try MetricsLog.openOrCreate(path: o.out! + "/metrics.h5", log: log)
+        }
+        if comm.isRoot && o.tensorboard {
+            do { state.tensorboard = try TensorBoardWriter(directory: o.out!) } catch { log("  warning: no TensorBoard events: \(error)") }
         }
         return state
     }
@@ -488,11 +492,16 @@ public final class Trainer {
                    "opt_ms": r.optimizerSeconds * 1000, "data_ms": r.dataSeconds * 1000, "mfu": mfu / 100])
     }
 
-    /// Rank 0 alone writes metrics; a busy or failing metrics file is reported once, never fatal.
+    /// Rank 0 alone writes metrics: the same row to metrics.h5 and (unless off) the TensorBoard event file. A busy or
+    /// failing metrics file is reported once, never fatal.
     func record(_ s: State, _ values: [String: Double]) {
         if let warning = s.metrics?.append(values), !s.metricsWarned {
             log("  warning: metrics.h5 not written this step: \(warning)")
             s.metricsWarned = true
+        }
+        do { try s.tensorboard?.append(values, step: s.step) } catch {
+            log("  warning: TensorBoard events no longer written: \(error)")
+            s.tensorboard = nil
         }
     }
 

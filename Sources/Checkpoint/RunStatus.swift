@@ -31,20 +31,23 @@ public struct RunStatus: Codable, Equatable, Sendable {
     /// Why the run is in this state, in words: "training", "reached --steps", "SIGTERM", or the error.
     public var reason: String
     public var ranks: Int
+    /// The model's parameter count (for plots against training FLOPs); nil in files of older runs.
+    public var parameters: Int?
     /// Peak resident memory of each rank in bytes, once the run has ended normally.
     public var peakRSSBytes: [Int]?
     /// Host and process id of rank 0, and when this was written (ISO 8601, UTC).
     public var host: String, pid: Int32, updated: String
 
     enum CodingKeys: String, CodingKey {
-        case format, version, state, step, steps, checkpoint, reason, ranks, host, pid, updated
+        case format, version, state, step, steps, checkpoint, reason, ranks, parameters, host, pid, updated
         case checkpointStep = "checkpoint_step", peakRSSBytes = "peak_rss_bytes"
     }
 
     public init(state: State, step: Int, steps: Int, checkpoint: String? = nil, checkpointStep: Int? = nil, reason: String,
-                ranks: Int, peakRSSBytes: [Int]? = nil) {
+                ranks: Int, parameters: Int? = nil, peakRSSBytes: [Int]? = nil) {
         self.state = state; self.step = step; self.steps = steps; self.checkpoint = checkpoint
-        self.checkpointStep = checkpointStep; self.reason = reason; self.ranks = ranks; self.peakRSSBytes = peakRSSBytes
+        self.checkpointStep = checkpointStep; self.reason = reason; self.ranks = ranks; self.parameters = parameters
+        self.peakRSSBytes = peakRSSBytes
         host = ProcessInfo.processInfo.hostName
         pid = getpid()
         updated = ISO8601DateFormatter().string(from: Date())

@@ -2,24 +2,43 @@ import Checkpoint
 import Common
 import Foundation
 
-/// Draws train and validation loss against step as an SVG line chart with labelled axes.
+/// Loss curves as SVG line charts with labelled axes and a legend: one run (`render`: RUN/loss.svg, train loss raw
+/// and smoothed, validation loss) or several overlaid (`overlay`: one colour per run) against step, tokens, training
+/// FLOPs (6·N·tokens) or training time.
 public enum LossPlot {
-    public static func svg(steps: [Double], train: [Double], valSteps: [Double], val: [Double], title: String) -> String {
-        let w = 800.0, h = 480.0, left = 70.0, right = 20.0, top = 40.0, bottom = 55.0
-        let pw = w - left - right, ph = h - top - bottom
-        let allX = steps + valSteps, allY = (train + val).filter { $0.isFinite }
-        let x0 = allX.min() ?? 0, x1 = max(allX.max() ?? 1, x0 + 1)
-        var y0 = allY.min() ?? 0, y1 = allY.max() ?? 1
+    /// One line of a chart.
+    public struct Line {
+        public var label: String?  // legend entry (nil: none)
+        public var xs: [Double], ys: [Double]
+        public var color: String
+        public var width = 1.5, opacity = 1.0
+        public var dashed = false, markers = false
+    }
+
+    /// What the x axis counts.
+    public enum XAxis: String, CaseIterable, Sendable {
+        case step, tokens, flops, time
+    }
+
+    static let palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
+
+    /// The chart: lines over axes fitted to their finite points, ticks at round values, a legend of the labelled
+    /// lines (and `notes`, unmarked lines of text) in the upper right. `xTick` formats x tick values.
+    public static func svg(lines: [Line], title: String, xLabel: String, yLabel: String = "loss (cross-entropy, nats)",
+                           notes: [String] = [], xTick: (Double, Double) -> String = { v, _ in String(format: "%.0f", v) }) -> String {
+        // The legend sits right of the plot, so no curve is ever hidden beneath it.
+        let entries = lines.filter { $0.label != nil }, rows = entries.count + notes.count
+        let legendWidth = rows == 0 ? 0 : 45 + Double((entries.compactMap(\.label) + notes).map(\.count).max() ?? 0) * 6.6
+        let h = 480.0, left = 70.0, top = 40.0, bottom = 55.0, pw = 710.0, ph = h - top - bottom
+        let right = rows == 0 ? 20 : legendWidth + 30, w = left + pw + right
+        let points = lines.flatMap { zip($0.xs, $0.ys).filter { $0.0.isFinite && $0.1.isFinite } }
+        let x0 = points.map(\.0).min() ?? 0, x1 = max(points.map(\.0).max() ?? 1, x0 + 1e-9 + (points.isEmpty ? 1 : 0))
+        var y0 = points.map(\.1).min() ?? 0, y1 = points.map(\.1).max() ?? 1
         if y1 - y0 < 1e-6 { y0 -= 0.5; y1 += 0.5 }
         let pad = (y1 - y0) * 0.05
         y0 -= pad; y1 += pad
         func px(_ x: Double) -> Double { left + (x - x0) / (x1 - x0) * pw }
         func py(_ y: Double) -> Double { top + (1 - (y - y0) / (y1 - y0)) * ph }
-        func path(_ xs: [Double], _ ys: [Double]) -> String {
-            zip(xs, ys).filter { $0.1.isFinite }.enumerated().map { i, p in
-                String(format: "%@%.1f,%.1f", i == 0 ? "M" : "L", px(p.0), py(p.1))
-            }.joined(separator: " ")
-        }
         func esc(_ s: String) -> String { s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;") }
         var s = """
         <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(w))" height="\(Int(h))" viewBox="0 0 \(Int(w)) \(Int(h))" font-family="sans-serif" font-size="12">
@@ -33,25 +52,39 @@ public enum LossPlot {
             s += String(format: "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", left, yy, left + pw, yy)
             s += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.*f</text>\n", left - 6, yy + 4, Int32(yDecimals), yv)
         }
-        let xTicks = niceTicks(x0, x1, integral: true)
+        let xTicks = niceTicks(x0, x1, integral: x1 - x0 >= 5)
         for xv in xTicks.values {
             let xx = px(xv)
             s += String(format: "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", xx, top, xx, top + ph)
-            s += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">%.0f</text>\n", xx, top + ph + 18, xv)
+            s += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">", xx, top + ph + 18) + esc(xTick(xv, xTicks.step)) + "</text>\n"
         }
         s += String(format: "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"black\"/>\n", left, top, pw, ph)
-        s += "<text x=\"\(left + pw / 2)\" y=\"\(h - 12)\" text-anchor=\"middle\">step</text>\n"
-        s += "<text x=\"18\" y=\"\(top + ph / 2)\" text-anchor=\"middle\" transform=\"rotate(-90 18 \(top + ph / 2))\">loss (cross-entropy, nats)</text>\n"
-        if !train.isEmpty { s += "<path d=\"\(path(steps, train))\" fill=\"none\" stroke=\"#1f77b4\" stroke-width=\"1.5\"/>\n" }
-        if !val.isEmpty {
-            s += "<path d=\"\(path(valSteps, val))\" fill=\"none\" stroke=\"#d62728\" stroke-width=\"2\"/>\n"
-            for (x, y) in zip(valSteps, val) where y.isFinite {
-                s += String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"#d62728\"/>\n", px(x), py(y))
+        s += "<text x=\"\(left + pw / 2)\" y=\"\(h - 12)\" text-anchor=\"middle\">\(esc(xLabel))</text>\n"
+        s += "<text x=\"18\" y=\"\(top + ph / 2)\" text-anchor=\"middle\" transform=\"rotate(-90 18 \(top + ph / 2))\">\(esc(yLabel))</text>\n"
+        for line in lines {
+            let pts = zip(line.xs, line.ys).filter { $0.0.isFinite && $0.1.isFinite }
+            guard !pts.isEmpty else { continue }
+            let d = pts.enumerated().map { i, p in String(format: "%@%.1f,%.1f", i == 0 ? "M" : "L", px(p.0), py(p.1)) }.joined(separator: " ")
+            s += "<path d=\"\(d)\" fill=\"none\" stroke=\"\(line.color)\" stroke-width=\"\(line.width)\" stroke-opacity=\"\(line.opacity)\""
+                + (line.dashed ? " stroke-dasharray=\"6 4\"" : "") + "/>\n"
+            if line.markers {
+                for (x, y) in pts { s += String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%@\"/>\n", px(x), py(y), line.color) }
             }
         }
-        let lx = left + pw - 150
-        s += "<line x1=\"\(lx)\" y1=\"\(top + 15)\" x2=\"\(lx + 25)\" y2=\"\(top + 15)\" stroke=\"#1f77b4\" stroke-width=\"2\"/><text x=\"\(lx + 32)\" y=\"\(top + 19)\">train loss</text>\n"
-        s += "<line x1=\"\(lx)\" y1=\"\(top + 33)\" x2=\"\(lx + 25)\" y2=\"\(top + 33)\" stroke=\"#d62728\" stroke-width=\"2\"/><text x=\"\(lx + 32)\" y=\"\(top + 37)\">validation loss</text>\n"
+        // Legend: the labelled lines, then the notes.
+        if rows > 0 {
+            let lx = left + pw + 15
+            s += String(format: "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"white\" stroke=\"#bbb\"/>\n",
+                        lx, top, legendWidth, Double(rows) * 18 + 8)
+            for (i, line) in entries.enumerated() {
+                let y = top + 14 + Double(i) * 18
+                s += "<line x1=\"\(lx + 8)\" y1=\"\(y)\" x2=\"\(lx + 33)\" y2=\"\(y)\" stroke=\"\(line.color)\" stroke-width=\"2\" stroke-opacity=\"\(max(line.opacity, 0.5))\""
+                    + (line.dashed ? " stroke-dasharray=\"6 4\"" : "") + "/><text x=\"\(lx + 40)\" y=\"\(y + 4)\">\(esc(line.label!))</text>\n"
+            }
+            for (i, note) in notes.enumerated() {
+                s += "<text x=\"\(lx + 8)\" y=\"\(top + 18 + Double(entries.count + i) * 18)\" fill=\"#555\">\(esc(note))</text>\n"
+            }
+        }
         return s + "</svg>\n"
     }
 
@@ -73,15 +106,122 @@ public enum LossPlot {
         return (values, step)
     }
 
-    /// Reads runDir/metrics.h5 and writes runDir/loss.svg (atomically).
-    public static func render(runDirectory dir: String) throws -> String {
-        let m = try MetricsLog.read(path: dir + "/metrics.h5")
-        let name = URL(fileURLWithPath: dir).lastPathComponent
-        let (steps, train) = MetricsLog.lastPerStep(m["step"] ?? [], m["train_loss"] ?? [])
-        let (valSteps, val) = MetricsLog.lastPerStep(m["val_step"] ?? [], m["val_loss"] ?? [])
-        let text = svg(steps: steps, train: train, valSteps: valSteps, val: val, title: "gpt2-dist: \(name)")
+    /// TensorBoard's smoothing: an exponential moving average with weight `alpha` on the past, debiased at the start
+    /// (so the first point is the first value, not alpha times it).
+    public static func smoothed(_ ys: [Double], alpha: Double) -> [Double] {
+        var average = 0.0, weight = 0.0
+        return ys.map { y in
+            guard y.isFinite else { return y }
+            average = alpha * average + (1 - alpha) * y
+            weight = alpha * weight + (1 - alpha)
+            return average / weight
+        }
+    }
+
+    /// One run's curves from its records: train and validation loss by step (the last logged for each step), and
+    /// what the other x axes need.
+    public struct RunCurves {
+        public let name: String
+        public let steps: [Double], train: [Double], valSteps: [Double], val: [Double]
+        /// Tokens per optimizer step (B·T, from tokens_per_s × ms_per_step), and each step's wall time in seconds.
+        public let tokensPerStep: Double, stepSeconds: [Double]
+        /// Parameter count from status.json (runs written before it recorded one have none).
+        public let parameters: Int?
+
+        public init(runDirectory dir: String) throws {
+            let metricsPath = dir + "/metrics.h5"
+            guard FileManager.default.fileExists(atPath: metricsPath) else {
+                throw GPT2DistError(.usage, "\(dir) has no metrics.h5 (plot takes run directories of gpt2-dist train)")
+            }
+            let m = try MetricsLog.read(path: metricsPath)
+            name = URL(fileURLWithPath: dir).standardized.lastPathComponent
+            (steps, train) = MetricsLog.lastPerStep(m["step"] ?? [], m["train_loss"] ?? [])
+            (valSteps, val) = MetricsLog.lastPerStep(m["val_step"] ?? [], m["val_loss"] ?? [])
+            let tps = MetricsLog.lastPerStep(m["step"] ?? [], m["tokens_per_s"] ?? []).values
+            let ms = MetricsLog.lastPerStep(m["step"] ?? [], m["ms_per_step"] ?? []).values
+            let perStep = zip(tps, ms).map { ($0 * $1 / 1000).rounded() }.filter { $0.isFinite && $0 > 0 }.sorted()
+            tokensPerStep = perStep.isEmpty ? .nan : perStep[perStep.count / 2]
+            stepSeconds = ms.map { $0 / 1000 }
+            parameters = (try? RunStatus.read(runDirectory: dir))??.parameters
+        }
+
+        /// The x coordinates of `steps` on `axis` (time: the training time at the end of each logged step).
+        public func x(_ steps: [Double], _ axis: XAxis) throws -> [Double] {
+            switch axis {
+            case .step: return steps
+            case .tokens: return steps.map { $0 * tokensPerStep }
+            case .flops:
+                guard let n = parameters else {
+                    throw GPT2DistError(.usage, "\(name): its status.json records no parameter count (a run of an older gpt2-dist); use --x step, tokens or time")
+                }
+                return steps.map { 6 * Double(n) * $0 * tokensPerStep }
+            case .time:
+                var elapsed: [Double: Double] = [:], total = 0.0
+                for (s, t) in zip(self.steps, stepSeconds) { total += t.isFinite ? t : 0; elapsed[s] = total }
+                return steps.map { s in elapsed[s] ?? elapsed.filter { $0.key <= s }.max { $0.key < $1.key }?.value ?? 0 }
+            }
+        }
+    }
+
+    /// Reads runDir/metrics.h5 and writes runDir/loss.svg (atomically): train loss raw (faint) and smoothed
+    /// (EMA 0.9 unless `smooth`), validation loss.
+    public static func render(runDirectory dir: String, smooth: Double? = nil) throws -> String {
+        let run = try RunCurves(runDirectory: dir)
+        let alpha = smooth ?? 0.9
+        var lines = [Line(label: "train loss", xs: run.steps, ys: run.train, color: palette[0], width: 1, opacity: 0.35)]
+        if alpha > 0 && run.train.count > 1 {
+            lines.append(Line(label: String(format: "train loss, smoothed (EMA %.2g)", alpha), xs: run.steps,
+                              ys: smoothed(run.train, alpha: alpha), color: palette[0], width: 2))
+        }
+        if !run.val.isEmpty { lines.append(Line(label: "validation loss", xs: run.valSteps, ys: run.val, color: palette[1], width: 2, markers: true)) }
         let out = dir + "/loss.svg"
-        try AtomicFile.write(text: text, to: out)
+        try AtomicFile.write(text: svg(lines: lines, title: "gpt2-dist: \(run.name)", xLabel: "step"), to: out)
         return out
+    }
+
+    /// Several runs in one chart, one colour each: train loss (smoothed with EMA `smooth` when given, the raw curve
+    /// faint beneath) and validation loss dashed, against `axis`. Writes `out` (atomically) and returns it.
+    public static func overlay(runDirectories: [String], axis: XAxis, smooth: Double?, out: String) throws -> String {
+        let runs = try runDirectories.map { try RunCurves(runDirectory: $0) }
+        var lines: [Line] = []
+        for (i, run) in runs.enumerated() {
+            let color = palette[i % palette.count]
+            let xs = try run.x(run.steps, axis)
+            if let alpha = smooth, alpha > 0 {
+                lines.append(Line(label: nil, xs: xs, ys: run.train, color: color, width: 1, opacity: 0.25))
+                lines.append(Line(label: run.name, xs: xs, ys: smoothed(run.train, alpha: alpha), color: color, width: 2))
+            } else {
+                lines.append(Line(label: run.name, xs: xs, ys: run.train, color: color, width: 1.5))
+            }
+            if !run.val.isEmpty { lines.append(Line(label: nil, xs: try run.x(run.valSteps, axis), ys: run.val, color: color, width: 2, dashed: true)) }
+        }
+        let hasVal = runs.contains { !$0.val.isEmpty }
+        let notes = ["solid: train" + (smooth.map { String(format: " (EMA %.2g)", $0) } ?? "") + (hasVal ? ", dashed: validation" : "")]
+        let (label, tick): (String, (Double, Double) -> String) = {
+            switch axis {
+            case .step: return ("step", { v, _ in String(format: "%.0f", v) })
+            case .tokens: return ("tokens", { v, step in siNumber(v, step: step) })
+            case .flops: return ("training FLOPs (6·N·tokens)", { v, step in siNumber(v, step: step) })
+            case .time:
+                let longest = lines.flatMap(\.xs).max() ?? 0
+                let (unit, scale) = longest >= 7200 ? ("h", 3600.0) : longest >= 120 ? ("min", 60.0) : ("s", 1.0)
+                return ("training time (\(unit))", { v, step in
+                    let decimals = max(0, -Int(floor(log10(step / scale) + 1e-9)))
+                    return String(format: "%.*f", Int32(decimals), v / scale)
+                })
+            }
+        }()
+        let title = "gpt2-dist: " + (runs.count == 1 ? runs[0].name : "\(runs.count) runs")
+        try AtomicFile.write(text: svg(lines: lines, title: title, xLabel: label, notes: notes, xTick: tick), to: out)
+        return out
+    }
+
+    /// 1.5M, 20G, 3.2P: a tick value with an SI suffix, with as many decimals as the tick spacing needs.
+    static func siNumber(_ v: Double, step: Double) -> String {
+        let suffixes = ["", "k", "M", "G", "T", "P", "E", "Z"]
+        let exponent = v == 0 ? 0 : min(suffixes.count - 1, max(0, Int(floor(log10(abs(v)) / 3))))
+        let scale = pow(1000, Double(exponent))
+        let decimals = max(0, -Int(floor(log10(step / scale) + 1e-9)))
+        return String(format: "%.*f", Int32(min(decimals, 3)), v / scale) + suffixes[exponent]
     }
 }

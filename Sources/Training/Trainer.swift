@@ -578,7 +578,8 @@ public final class Trainer {
     func writeStatus(_ s: State, _ state: RunStatus.State, reason: String, peakRSS: [Int]? = nil) throws {
         guard comm.isRoot else { return }
         try RunStatus(state: state, step: s.step, steps: o.steps, checkpoint: s.checkpointName, checkpointStep: s.checkpointStep,
-                      reason: reason, ranks: comm.size, peakRSSBytes: peakRSS).write(runDirectory: o.out!)
+                      reason: reason, ranks: comm.size, parameters: s.model.config.parameterCount, peakRSSBytes: peakRSS)
+            .write(runDirectory: o.out!)
     }
 
     /// Fault injection for the tests of `checkReplicas`: GPT2DIST_INJECT_DRIFT=STEP makes the last rank change one

@@ -192,11 +192,32 @@ struct ExportHF: ParsableCommand {
 
 struct Plot: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Draw RUN/loss.svg (train and validation loss vs step) from RUN/metrics.h5.")
-    @Argument(help: "Run directory.") var runDirectory: String
+        abstract: "Draw loss curves from runs' metrics.h5: one run into RUN/loss.svg, several overlaid into one SVG.",
+        discussion: """
+        One run: train loss raw and smoothed (EMA, --smooth, default 0.9) and validation loss, into RUN/loss.svg         (unless --out). Several: one colour per run, train solid (smoothed with --smooth), validation dashed.         --x tokens, flops (6·N·tokens) or time (training time) puts runs of different sizes on one axis.
+
+        Examples:
+          gpt2-dist plot runs/demo
+          gpt2-dist plot runs/small runs/medium --x flops --smooth 0.9 --out sweep.svg
+        """)
+    @Argument(help: "Run directories.") var runDirectories: [String]
+    @Option(help: "SVG file to write (default: RUN/loss.svg for one run, overlay.svg for several).") var out: String?
+    @Option(help: "x axis: step, tokens, flops or time.") var x: String = "step"
+    @Option(help: "Smooth the train loss by an exponential moving average with this weight on the past, in [0, 1).") var smooth: Double?
 
     func run() throws {
-        try runOrFail { print("wrote \(try LossPlot.render(runDirectory: runDirectory))") }
+        try runOrFail {
+            guard !runDirectories.isEmpty else { throw GPT2DistError(.usage, "plot needs at least one run directory") }
+            guard let axis = LossPlot.XAxis(rawValue: x) else {
+                throw GPT2DistError(.usage, "--x must be one of \(LossPlot.XAxis.allCases.map(\.rawValue).joined(separator: ", ")), got \(x)")
+            }
+            if let a = smooth, !(a >= 0 && a < 1) { throw GPT2DistError(.usage, "--smooth must be in [0, 1), got \(a)") }
+            if runDirectories.count == 1 && out == nil && axis == .step {
+                print("wrote \(try LossPlot.render(runDirectory: runDirectories[0], smooth: smooth))")
+            } else {
+                print("wrote \(try LossPlot.overlay(runDirectories: runDirectories, axis: axis, smooth: smooth, out: out ?? "overlay.svg"))")
+            }
+        }
     }
 }
 

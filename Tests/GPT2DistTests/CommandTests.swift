@@ -102,6 +102,35 @@ import Training
     }
 }
 
+/// `plot` through the release binary: several runs in one SVG, one legend entry each, against tokens (B·T per step
+/// from the records), FLOPs (6·N·tokens, N from status.json) or time; bad input is one line.
+@Suite(.serialized) struct PlotCommandTests {
+    @Test func overlaysRunsOnEveryAxis() throws {
+        let dir = tmpDir("plot")
+        let cfg = try writeConfig(dir, dropRate: 0)
+        for name in ["first", "second"] {
+            #expect(try CLI.run(trainArgs(config: cfg, out: dir + "/" + name, steps: 4, extra: ["--val", tinyTokens, "--eval-every", "2"])).status == 0)
+        }
+        let run = try LossPlot.RunCurves(runDirectory: dir + "/first")
+        #expect(run.tokensPerStep == 4 * 32 && run.steps == [1, 2, 3, 4] && run.valSteps == [2, 4])
+        let n = try #require(run.parameters)
+        #expect(try run.x([2], .tokens) == [256] && run.x([2], .flops) == [6 * Double(n) * 256])
+        let time = try run.x(run.steps, .time)
+        #expect(zip(time, time.dropFirst()).allSatisfy { $0 < $1 } && time[1] == run.stepSeconds[0] + run.stepSeconds[1])
+        for axis in LossPlot.XAxis.allCases {
+            let out = dir + "/\(axis).svg"
+            let r = try CLI.run(["plot", dir + "/first", dir + "/second", "--x", axis.rawValue, "--smooth", "0.5", "--out", out])
+            #expect(r.status == 0, "\(axis): \(r.stderr)")
+            let svg = try String(contentsOfFile: out, encoding: .utf8)
+            #expect(svg.contains(">first<") && svg.contains(">second<") && svg.components(separatedBy: "<path").count - 1 == 6, "\(axis)")
+        }
+        #expect(try CLI.run(["plot", dir + "/first"]).status == 0 && FileManager.default.fileExists(atPath: dir + "/first/loss.svg"))
+        expectOneLineError(try CLI.run(["plot", dir]), "plot of a directory without metrics.h5", mentioning: "no metrics.h5")
+        expectOneLineError(try CLI.run(["plot", dir + "/first", "--x", "epochs"]), "plot --x epochs", mentioning: "--x")
+        expectOneLineError(try CLI.run(["plot", dir + "/first", "--smooth", "1"]), "plot --smooth 1", mentioning: "--smooth")
+    }
+}
+
 /// WSD through the release binary: a stable-phase checkpoint continued to a later end keeps every step it had and
 /// decays over the new run's last fraction; a bad fraction is one line.
 @Suite(.serialized) struct WSDCommandTests {

@@ -9,15 +9,6 @@ import Common
 /// error line and exit 1; checkpoints survive a full disk and damage; a signal to mpirun itself still ends
 /// with a checkpoint.
 @Suite(.serialized) struct FaultTests {
-    /// Exactly one "gpt2-dist: error:" line, exit 1, and nothing that looks like a crash.
-    func expectOneLineError(_ r: CLI.Result, _ name: String, mentioning needle: String? = nil,
-                            sourceLocation: SourceLocation = #_sourceLocation) {
-        #expect(r.status == 1, "\(name): exit \(r.status)\n\(r.stderr)", sourceLocation: sourceLocation)
-        let lines = r.stderr.split(separator: "\n", omittingEmptySubsequences: true)
-        #expect(lines.count == 1 && lines[0].hasPrefix("gpt2-dist: error: "), "\(name):\n\(r.stderr)", sourceLocation: sourceLocation)
-        if let needle { #expect(r.stderr.contains(needle), "\(name): no \"\(needle)\" in \(r.stderr)", sourceLocation: sourceLocation) }
-    }
-
     @Test func everyBadValueIsOneLineAndExitOne() throws {
         let dir = tmpDir("badvalues")
         let cfg = try writeConfig(dir, dropRate: 0)

@@ -36,3 +36,12 @@ func tmpDir(_ name: String) -> String {
     try! FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true)
     return d
 }
+
+/// Exactly one "gpt2-dist: error:" line, exit 1, and nothing that looks like a crash; mentioning `needle` when given.
+func expectOneLineError(_ r: CLI.Result, _ name: String, mentioning needle: String? = nil,
+                        sourceLocation: SourceLocation = #_sourceLocation) {
+    #expect(r.status == 1, "\(name): exit \(r.status)\n\(r.stderr)", sourceLocation: sourceLocation)
+    let lines = r.stderr.split(separator: "\n", omittingEmptySubsequences: true)
+    #expect(lines.count == 1 && lines[0].hasPrefix("gpt2-dist: error: "), "\(name):\n\(r.stderr)", sourceLocation: sourceLocation)
+    if let needle { #expect(r.stderr.contains(needle), "\(name): no \"\(needle)\" in \(r.stderr)", sourceLocation: sourceLocation) }
+}

@@ -218,6 +218,16 @@ struct BucketScheduleTests {
     }
 }
 
+/// TensorBoard's smoothing: a debiased EMA (the first point is the first value), and SI tick labels.
+struct LossPlotSmoothingTests {
+    @Test func smoothingIsADebiasedEMA() {
+        let s = LossPlot.smoothed([4, 2, 2, .nan, 2], alpha: 0.5)
+        #expect(s[0] == 4 && abs(s[1] - (0.25 * 4 + 0.5 * 2) / 0.75) < 1e-12 && s[3].isNaN && s[4] < s[2])
+        #expect(LossPlot.smoothed([3, 1], alpha: 0) == [3, 1])
+        #expect(LossPlot.siNumber(2_000, step: 1_000) == "2k" && LossPlot.siNumber(1.5e9, step: 5e8) == "1.5G" && LossPlot.siNumber(0, step: 1) == "0")
+    }
+}
+
 /// The loss plot's axes are labelled at round values (1, 2 or 5 x 10^k), never at arbitrary fractions of the range.
 struct LossPlotTicksTests {
     @Test(arguments: [(8.399, 11.096, false), (1, 150, true), (0.0301, 0.0377, false), (5.2, 5.2000001, false), (1, 3, true),
@@ -232,7 +242,7 @@ struct LossPlotTicksTests {
             #expect(v >= lo - 1e-9 * step && v <= hi + 1e-9 * step, "\(v) outside [\(lo), \(hi)]")
             #expect(abs(v / step - (v / step).rounded()) < 1e-6, "\(v) is not a multiple of \(step)")
         }
-        let svg = LossPlot.svg(steps: [lo, hi], train: [lo, hi], valSteps: [], val: [], title: "t")
+        let svg = LossPlot.svg(lines: [.init(label: "train", xs: [lo, hi], ys: [lo, hi], color: "#000")], title: "t", xLabel: "step")
         #expect(!svg.contains("11.096") && !svg.contains(">51<"), "labels at raw fractions of the range")
     }
 }

@@ -56,18 +56,20 @@ let package = Package(
         .target(name: "Planning", dependencies: ["GPT2", "Distributed", "Machine"], swiftSettings: fast),
         // `prepare`: reading a corpus of any size (text, JSONL, gzip) into token shards through a streaming pipeline.
         .target(name: "Prepare", dependencies: ["Tokenizer", "Data", "Machine", "CZlib"], swiftSettings: fast),
+        // Benchmarks scored by log-likelihood (HellaSwag): reading and tokenizing their items.
+        .target(name: "Tasks", dependencies: ["Common", "Tokenizer", "CZlib"], swiftSettings: fast),
         // The training loop: options, AdamW, the trainer, evaluation; wires model, data, communicator and checkpoints.
-        .target(name: "Training", dependencies: ["GPT2", "Data", "Distributed", "Checkpoint", "Machine", "Planning"],
+        .target(name: "Training", dependencies: ["GPT2", "Data", "Distributed", "Checkpoint", "Machine", "Planning", "Tasks"],
                 swiftSettings: fast),
         // The command line: parses and calls.
         .executableTarget(
             name: "gpt2-dist",
             dependencies: ["Common", "Autograd", "GPT2", "Tokenizer", "Data", "Distributed", "Checkpoint", "Machine", "Planning",
-                           "Prepare", "Training", .product(name: "ArgumentParser", package: "swift-argument-parser")],
+                           "Prepare", "Tasks", "Training", .product(name: "ArgumentParser", package: "swift-argument-parser")],
             swiftSettings: fast
         ),
         .testTarget(name: "GPT2DistTests", dependencies: ["Common", "Autograd", "GPT2", "Data", "Checkpoint", "Machine", "Planning",
-                                                          "Prepare", "Training", "Distributed"]),
+                                                          "Prepare", "Tasks", "Training", "Distributed", "Tokenizer"]),
         .testTarget(name: "TokenizerTests", dependencies: ["Tokenizer", "Data"]),
     ],
     // The kernels pass raw buffers between threads by design; Swift 5 mode keeps that free of Sendable ceremony.

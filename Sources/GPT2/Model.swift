@@ -44,7 +44,9 @@ public func stableHash(_ s: String) -> UInt64 {
 
 /// The tape of one forward/backward pass for a fixed (batch, seqLen), with all activations preallocated.
 public final class GPT2Graph {
-    public enum Mode { case train, evaluate, logits }
+    /// train: loss and backward; evaluate: the loss; logits: the logits only; features: the final LayerNorm's output
+    /// only (no head: a caller that needs the head at a few positions computes them itself).
+    public enum Mode { case train, evaluate, logits, features }
 
     public let model: GPT2Model
     public let batch: Int, seqLen: Int, mode: Mode
@@ -55,6 +57,8 @@ public final class GPT2Graph {
     /// cross-entropy replaces them by the probabilities (their memory becomes the gradient); nil with recompute,
     /// where the fused chunked head never stores them.
     public let logits: Tensor!
+    /// The final LayerNorm's output [batch, seqLen, emb_dim] after forward (what the tied head multiplies by wte^T).
+    public let features: Tensor
     let lossOp: (any LossOp)?
     let embedding: EmbeddingOp
 
@@ -141,7 +145,11 @@ public final class GPT2Graph {
         let lnf = act([B, T, C])
         tape.record(LayerNormOp(x: x, weight: p.tensor("ln_f.weight"), bias: p.tensor("ln_f.bias"), out: lnf, arena: arena),
                     completesRegion: region["ln_f"])
-        if recomputing {
+        features = lnf
+        if mode == .features {
+            logits = nil
+            lossOp = nil
+        } else if recomputing {
             let ce = ChunkedHeadCrossEntropyOp(x: lnf, wte: p.tensor("wte"), targets: targets, arena: arena, matmul: tape.matmul)
             tape.record(ce, completesRegion: region["wte"])
             logits = nil

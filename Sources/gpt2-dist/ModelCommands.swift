@@ -9,12 +9,13 @@ import GPT2
 import Machine
 import Prepare
 import Planning
+import Tasks
 import Tokenizer
 import Training
 
 struct Eval: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Mean next-token cross-entropy of a checkpoint on a token file.",
+        abstract: "Mean next-token cross-entropy of a checkpoint on a token file, or its HellaSwag accuracy (--task).",
         discussion: """
         Uses the batch order of training: batch s starts at token (s mod M)*B*T, M = floor((tokens-1)/(B*T)), \
         for s = 0 ..< --batches (0: all M). Runs alone or under mpirun (rows split over ranks). A directory means \
@@ -24,10 +25,16 @@ struct Eval: ParsableCommand {
           gpt2-dist eval --checkpoint runs/demo --data data/shakespeare/val_000000.bin --batch-size 8 --seq-len 128 --batches 10
           gpt2-dist eval --checkpoint runs/quickstart --data data/shakespeare-complete --batches 0 --baselines data/shakespeare-complete
           gpt2-dist eval --checkpoint runs/demo --text some.txt --batch-size 4 --seq-len 128 --batches 5 --json
+
+        --task hellaswag scores HellaSwag's validation set (data/eval/hellaswag/requests.jsonl.gz, from         Launch/fetch-data) as lm-evaluation-harness does: each ending's summed log-probability given the context         (tokenized apart); acc: its argmax; acc_norm: the argmax per character of the ending. Items are split         over ranks under mpirun.
+          gpt2-dist eval --checkpoint runs/quickstart --task hellaswag --task-limit 500
         """
     )
     @Option(help: "Checkpoint file, `latest` pointer, or run directory.") var checkpoint: String
     @Option(help: "Token file (.bin), directory of shards, or glob.") var data: String?
+    @Option(help: "A benchmark instead of a loss: hellaswag.") var task: String?
+    @Option(help: "With --task: only the first N items.") var taskLimit: Int?
+    @Option(help: "With --task: its file (default: data/eval/TASK/requests.jsonl.gz).") var taskFile: String?
     @Option(help: "A UTF-8 text file to tokenize and evaluate on (instead of --data).") var text: String?
     @Option(help: "GPT-2 vocabulary for --text: gpt2.tiktoken or a directory with it.") var vocab = "data/gpt2"
     @Option(help: "Sequences per batch.") var batchSize = 8
@@ -44,6 +51,10 @@ struct Eval: ParsableCommand {
         defer { comm.finalize() }
         _ = try compute.applyOrExit()
         try runOrFail {
+            if let task {
+                try runTask(task, comm: comm)
+                return
+            }
             let evaluation = try Evaluation(checkpoint: checkpoint)
             let vocabSize = evaluation.model.config.vocabSize
             let tokens: TokenDataset
@@ -71,6 +82,32 @@ struct Eval: ParsableCommand {
                 print("  the model is \(relation(r.loss - unigram)) the unigram and \(relation(r.loss - bigram)) the bigram")
             }
         }
+    }
+}
+
+extension Eval {
+    /// `--task`: the checkpoint's accuracy on a multiple-choice benchmark.
+    func runTask(_ name: String, comm: Communicator) throws {
+        let task = try ChoiceTask.named(name)
+        if let n = taskLimit, n <= 0 { throw GPT2DistError(.usage, "--task-limit must be a positive integer, got \(n)") }
+        guard data == nil && text == nil else { throw GPT2DistError(.usage, "--task scores a benchmark: leave out --data and --text") }
+        let evaluation = try Evaluation(checkpoint: checkpoint)
+        guard evaluation.model.config.vocabSize >= GPT2Tokenizer.vocabularySize else {
+            throw GPT2DistError(.usage, "--task needs a model with GPT-2's vocabulary (vocab_size \(GPT2Tokenizer.vocabularySize)); this one has \(evaluation.model.config.vocabSize)")
+        }
+        let t0 = Date()
+        let items = try task.load(path: taskFile ?? "data/" + task.relativePath, tokenizer: try loadTokenizer(vocab), limit: taskLimit)
+        let loadSeconds = Date().timeIntervalSince(t0)
+        let r = ChoiceScorer(model: evaluation.model, rows: batchSize, precision: precision).score(items, comm: comm)
+        guard comm.isRoot else { return }
+        if json {
+            print("{\"task\": \"\(task.rawValue)\", \"acc\": \(r.acc), \"acc_norm\": \(r.accNorm), \"items\": \(r.items), \"seconds\": \(r.seconds)}")
+            return
+        }
+        print("\(Runtime.blasDescription); checkpoint step \(evaluation.step)")
+        print(String(format: "%@: acc %.4f, acc_norm %.4f over %d items (%d endings) in %.1f s (%.1f items/s, %d rank(s)); loaded and tokenized in %.1f s",
+                     task.rawValue, r.acc, r.accNorm, r.items, items.reduce(0) { $0 + $1.continuations.count }, r.seconds,
+                     Double(r.items) / r.seconds, comm.size, loadSeconds))
     }
 }
 

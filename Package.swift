@@ -59,7 +59,7 @@ let package = Package(
         // Benchmarks scored by log-likelihood (HellaSwag): reading and tokenizing their items.
         .target(name: "Tasks", dependencies: ["Common", "Tokenizer", "CZlib"], swiftSettings: fast),
         // The training loop: options, AdamW, the trainer, evaluation; wires model, data, communicator and checkpoints.
-        .target(name: "Training", dependencies: ["GPT2", "Data", "Distributed", "Checkpoint", "Machine", "Planning", "Tasks"],
+        .target(name: "Training", dependencies: ["GPT2", "Data", "Distributed", "Checkpoint", "Machine", "Planning", "Tasks", "Tokenizer"],
                 swiftSettings: fast),
         // The command line: parses and calls.
         .executableTarget(

@@ -69,6 +69,19 @@ public final class HDF5File {
         return true
     }
 
+    /// The names of the root group's members, in name order.
+    public func rootNames() throws -> [String] {
+        var info = H5G_info_t()
+        guard H5Gget_info(id, &info) >= 0 else { throw GPT2DistError(.fileFormat, "\(path): cannot list its members") }
+        return try (0..<info.nlinks).map { i in
+            let size = H5Lget_name_by_idx(id, ".", H5_INDEX_NAME, H5_ITER_INC, i, nil, 0, gd_h5p_default())
+            guard size >= 0 else { throw GPT2DistError(.fileFormat, "\(path): cannot read member \(i)'s name") }
+            var name = [CChar](repeating: 0, count: Int(size) + 1)
+            _ = H5Lget_name_by_idx(id, ".", H5_INDEX_NAME, H5_ITER_INC, i, &name, Int(size) + 1, gd_h5p_default())
+            return String(cString: name)
+        }
+    }
+
     public func createGroup(_ name: String) throws {
         if exists(name) { return }
         let g = H5Gcreate2(id, name, gd_h5p_default(), gd_h5p_default(), gd_h5p_default())

@@ -63,6 +63,8 @@ public final class MetricsLog {
             let f = try openForWriting()
             defer { f.close() }
             while let row = pending.first {
+                // Series of their own steps (train --task's eval_step, eval_<task>_acc, ...) start when first written.
+                for k in row.keys where !f.exists(k) { try f.createSeries(k) }
                 let index = try row.keys.map { try f.length($0) }.min() ?? 0
                 for (k, v) in row.sorted(by: { $0.key < $1.key }) { try f.setLast(k, at: index, v) }
                 pending.removeFirst()
@@ -106,7 +108,8 @@ public final class MetricsLog {
         let f = try HDF5File.open(path, locking: false)
         defer { f.close() }
         var out: [String: [Double]] = [:]
-        for s in trainSeries + valSeries where f.exists(s) { out[s] = try f.readDoubles(s) }
+        // Every series: the train and validation ones, and those a run adds (train --task's eval_*).
+        for s in try f.rootNames() { out[s] = try f.readDoubles(s) }
         return out
     }
 }

@@ -739,16 +739,6 @@ final class ShardWriter {
     }
 }
 
-/// Finds the GPT-2 vocabulary: a gpt2.tiktoken file, or a directory holding it (or encoder.json + vocab.bpe).
-public func loadTokenizer(_ path: String) throws -> GPT2Tokenizer {
-    var isDir: ObjCBool = false
-    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
-        throw GPT2DistError(.preparation, "GPT-2 vocabulary not found at \(path) (run Launch/fetch-data, or pass --vocab)")
-    }
-    let url = URL(fileURLWithPath: path)
-    return isDir.boolValue ? try GPT2Tokenizer(directory: url) : try GPT2Tokenizer(tiktokenFile: url)
-}
-
 /// A UTF-8 text file as one document of GPT-2 tokens, preceded by <|endoftext|> as `prepare` writes documents
 /// (for `eval --text`); every id must fit `vocabSize`.
 public func tokenizeDocument(path: String, vocabulary: String, vocabSize: Int) throws -> TokenDataset {

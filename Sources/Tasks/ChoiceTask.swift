@@ -27,6 +27,9 @@ public enum ChoiceTask: String, CaseIterable, Sendable {
         return t
     }
 
+    /// Its series in metrics.h5 (beside eval_step) and hence its TensorBoard tags: acc and acc_norm.
+    public var metricNames: (acc: String, accNorm: String) { ("eval_\(rawValue)_acc", "eval_\(rawValue)_acc_norm") }
+
     /// The task file relative to the data directory.
     public var relativePath: String { "eval/\(rawValue)/requests.jsonl.gz" }
 

@@ -289,3 +289,13 @@ private final class ParallelJob: @unchecked Sendable {
         counts[c] = state.encode(text, start, cuts[c + 1], allowSpecial: allowSpecial, out + start)
     }
 }
+
+/// Finds the GPT-2 vocabulary: a gpt2.tiktoken file, or a directory holding it (or encoder.json + vocab.bpe).
+public func loadTokenizer(_ path: String) throws -> GPT2Tokenizer {
+    var isDir: ObjCBool = false
+    guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+        throw GPT2DistError(.preparation, "GPT-2 vocabulary not found at \(path) (run Launch/fetch-data, or pass --vocab)")
+    }
+    let url = URL(fileURLWithPath: path)
+    return isDir.boolValue ? try GPT2Tokenizer(directory: url) : try GPT2Tokenizer(tiktokenFile: url)
+}

@@ -1,6 +1,7 @@
 import Checkpoint
 import Common
 import Foundation
+import Tasks
 
 /// Loss curves as SVG line charts with labelled axes and a legend: one run (`render`: RUN/loss.svg, train loss raw
 /// and smoothed, validation loss) or several overlaid (`overlay`: one colour per run) against step, tokens, training
@@ -25,11 +26,12 @@ public enum LossPlot {
     /// The chart: lines over axes fitted to their finite points, ticks at round values, a legend of the labelled
     /// lines (and `notes`, unmarked lines of text) in the upper right. `xTick` formats x tick values.
     public static func svg(lines: [Line], title: String, xLabel: String, yLabel: String = "loss (cross-entropy, nats)",
-                           notes: [String] = [], xTick: (Double, Double) -> String = { v, _ in String(format: "%.0f", v) }) -> String {
+                           notes: [String] = [], height: Double = 480,
+                           xTick: (Double, Double) -> String = { v, _ in String(format: "%.0f", v) }) -> String {
         // The legend sits right of the plot, so no curve is ever hidden beneath it.
         let entries = lines.filter { $0.label != nil }, rows = entries.count + notes.count
         let legendWidth = rows == 0 ? 0 : 45 + Double((entries.compactMap(\.label) + notes).map(\.count).max() ?? 0) * 6.6
-        let h = 480.0, left = 70.0, top = 40.0, bottom = 55.0, pw = 710.0, ph = h - top - bottom
+        let h = height, left = 70.0, top = 40.0, bottom = 55.0, pw = 710.0, ph = h - top - bottom
         let right = rows == 0 ? 20 : legendWidth + 30, w = left + pw + right
         let points = lines.flatMap { zip($0.xs, $0.ys).filter { $0.0.isFinite && $0.1.isFinite } }
         let x0 = points.map(\.0).min() ?? 0, x1 = max(points.map(\.0).max() ?? 1, x0 + 1e-9 + (points.isEmpty ? 1 : 0))
@@ -88,6 +90,23 @@ public enum LossPlot {
         return s + "</svg>\n"
     }
 
+    /// Charts one above the other in one SVG (each keeps its own axes and legend).
+    static func stacked(_ charts: [String]) -> String {
+        func size(_ chart: String, _ key: String) -> Double {
+            guard let r = chart.range(of: key + "=\"") else { return 0 }
+            return Double(chart[r.upperBound...].prefix { $0 != "\"" }) ?? 0
+        }
+        guard charts.count > 1 else { return charts.first ?? "" }
+        let width = charts.map { size($0, "width") }.max()!, height = charts.map { size($0, "height") }.reduce(0, +)
+        var out = "<svg xmlns=\"http://www.w3.org/2000/svg\" width=\"\(Int(width))\" height=\"\(Int(height))\" viewBox=\"0 0 \(Int(width)) \(Int(height))\">\n"
+        var y = 0.0
+        for chart in charts {
+            out += chart.replacingOccurrences(of: "<svg ", with: "<svg y=\"\(Int(y))\" ", options: [], range: chart.range(of: "<svg "))
+            y += size(chart, "height")
+        }
+        return out + "</svg>\n"
+    }
+
     /// Axis ticks at round values: multiples of 1, 2 or 5 x 10^k, about `target` of them inside [lo, hi]
     /// (`integral`: steps of at least 1, for step numbers).
     static func niceTicks(_ lo: Double, _ hi: Double, target: Int = 5, integral: Bool = false) -> (values: [Double], step: Double) {
@@ -127,6 +146,8 @@ public enum LossPlot {
         public let tokensPerStep: Double, stepSeconds: [Double]
         /// Parameter count from status.json (runs written before it recorded one have none).
         public let parameters: Int?
+        /// Benchmarks scored during training (train --task): by task, the steps and acc, acc_norm.
+        public let tasks: [(task: ChoiceTask, steps: [Double], acc: [Double], accNorm: [Double])]
 
         public init(runDirectory dir: String) throws {
             let metricsPath = dir + "/metrics.h5"
@@ -143,6 +164,11 @@ public enum LossPlot {
             tokensPerStep = perStep.isEmpty ? .nan : perStep[perStep.count / 2]
             stepSeconds = ms.map { $0 / 1000 }
             parameters = (try? RunStatus.read(runDirectory: dir))??.parameters
+            tasks = ChoiceTask.allCases.compactMap { task in
+                guard let acc = m[task.metricNames.acc], let norm = m[task.metricNames.accNorm], !acc.isEmpty else { return nil }
+                let (steps, a) = MetricsLog.lastPerStep(m["eval_step"] ?? [], acc)
+                return (task, steps, a, MetricsLog.lastPerStep(m["eval_step"] ?? [], norm).values)
+            }
         }
 
         /// The x coordinates of `steps` on `axis` (time: the training time at the end of each logged step).
@@ -164,7 +190,8 @@ public enum LossPlot {
     }
 
     /// Reads runDir/metrics.h5 and writes runDir/loss.svg (atomically): train loss raw (faint) and smoothed
-    /// (EMA 0.9 unless `smooth`), validation loss.
+    /// (EMA 0.9 unless `smooth`), validation loss; below it, a panel of each benchmark scored in training (acc and
+    /// acc_norm against step, with chance level for HellaSwag's four endings dotted).
     public static func render(runDirectory dir: String, smooth: Double? = nil) throws -> String {
         let run = try RunCurves(runDirectory: dir)
         let alpha = smooth ?? 0.9
@@ -174,8 +201,15 @@ public enum LossPlot {
                               ys: smoothed(run.train, alpha: alpha), color: palette[0], width: 2))
         }
         if !run.val.isEmpty { lines.append(Line(label: "validation loss", xs: run.valSteps, ys: run.val, color: palette[1], width: 2, markers: true)) }
+        var charts = [svg(lines: lines, title: "gpt2-dist: \(run.name)", xLabel: "step")]
+        for t in run.tasks {
+            let chance = Line(label: "chance (25%)", xs: [run.steps.first ?? 0, run.steps.last ?? 1], ys: [0.25, 0.25], color: "#7f7f7f", width: 1, dashed: true)
+            charts.append(svg(lines: [Line(label: "acc", xs: t.steps, ys: t.acc, color: palette[2], width: 2, markers: true),
+                                      Line(label: "acc_norm", xs: t.steps, ys: t.accNorm, color: palette[4], width: 2, markers: true), chance],
+                              title: "\(t.task.rawValue) (train --task)", xLabel: "step", yLabel: "accuracy", height: 320))
+        }
         let out = dir + "/loss.svg"
-        try AtomicFile.write(text: svg(lines: lines, title: "gpt2-dist: \(run.name)", xLabel: "step"), to: out)
+        try AtomicFile.write(text: stacked(charts), to: out)
         return out
     }
 

@@ -41,6 +41,11 @@ public struct TrainOptions: Equatable, Sendable {
     public var keepCheckpoints = 3
     public var evalEvery = 0
     public var tensorboard = true
+    public var task: String?
+    public var taskEvery = 0
+    public var taskLimit: Int?
+    public var taskFile: String?
+    public var vocab = "data/gpt2"
     public var evalBatches = 10
     public var bucketMb = BucketSchedule.defaultBucketMb
     public var overlap = true
@@ -90,6 +95,11 @@ public struct TrainOptions: Equatable, Sendable {
         .value("keep-checkpoints", \.keepCheckpoints, "Keep only the newest N checkpoints (0: keep all)."),
         .value("eval-every", \.evalEvery, "Validation every N steps (0: never)."),
         .value("eval-batches", \.evalBatches, "Validation batches per evaluation."),
+        .value("task", \.task, "A benchmark scored during training (hellaswag): acc and acc_norm into metrics.h5, TensorBoard and the plot."),
+        .value("task-every", \.taskEvery, "With --task: score every N steps (0: at the end only)."),
+        .value("task-limit", \.taskLimit, "With --task: only its first N items."),
+        .value("task-file", \.taskFile, "With --task: its file (default: data/eval/TASK/requests.jsonl.gz, from Launch/fetch-data)."),
+        .value("vocab", \.vocab, "GPT-2 vocabulary for --task: gpt2.tiktoken or a directory with it."),
         .value("tensorboard", \.tensorboard, "Also write the metrics as a TensorBoard event file in --out (true or false; alone: true).", bare: "true"),
         .value("bucket-mb", \.bucketMb, "Gradient bucket size in MB (buckets are filled in the order backward finishes the gradients)."),
         .flag("overlap", \.overlap, "Overlap the gradient all-reduce with backward."),
@@ -256,6 +266,8 @@ public struct TrainOptions: Equatable, Sendable {
         try nonNegative(keepCheckpoints, "keep-checkpoints")
         try nonNegative(evalEvery, "eval-every")
         try nonNegative(evalBatches, "eval-batches")
+        try nonNegative(taskEvery, "task-every")
+        if let n = taskLimit { try positive(n, "task-limit") }
         // A bucket of at least one float and at most 64 GiB (its float count must fit an MPI count).
         try finite(bucketMb, "bucket-mb", "in (0, 65536]", { $0 * 1_048_576 / 4 >= 1 && $0 <= 65536 })
         try nonNegative(checksumEvery, "checksum-every")

@@ -7,6 +7,8 @@ import Foundation
 import GPT2
 import Machine
 import Planning
+import Tasks
+import Tokenizer
 
 /// Data-parallel training: every rank holds the full model, runs its rows of the global batch,
 /// gradients are summed over ranks in buckets (overlapping backward), and every rank applies the same
@@ -54,6 +56,7 @@ public final class Trainer {
                 return (.stopped, StopSignal.describe(signal))
             }
             if o.evalEvery > 0 && (state.step % o.evalEvery == 0 || state.step == o.steps) { try validateLoss(state, plan) }
+            if plan.task != nil && ((o.taskEvery > 0 && state.step % o.taskEvery == 0) || state.step == o.steps) { scoreTask(state, plan) }
             if (o.ckptEvery > 0 && state.step % o.ckptEvery == 0) || state.step == o.steps { try checkpoint(state) }
         }
         return (.finished, "reached --steps \(o.steps)")
@@ -72,6 +75,7 @@ public final class Trainer {
         var initPath: String?
         var schedule: LRSchedule
         var dataIdentity: String?        // the training data's manifest id, stored in checkpoints
+        var task: (task: ChoiceTask, items: [ChoiceItem])?  // --task, read and tokenized before any work
     }
 
     /// Checks every input before any work; throws a one-line error.
@@ -133,8 +137,16 @@ public final class Trainer {
         }
         let schedule = LRSchedule(kind: o.lrSchedule, lr: o.lr, minLR: o.minLr, warmupSteps: o.warmupSteps, totalSteps: o.lrDecaySteps ?? o.steps,
                                   decayFraction: o.decayFraction, decayShape: o.decayShape)
+        var task: (task: ChoiceTask, items: [ChoiceItem])?
+        if let name = o.task {
+            let t = try ChoiceTask.named(name)
+            guard config.vocabSize >= GPT2Tokenizer.vocabularySize else {
+                throw GPT2DistError(.training, "--task \(name) needs a model with GPT-2's vocabulary (vocab_size \(GPT2Tokenizer.vocabularySize)); this one has \(config.vocabSize)")
+            }
+            task = (t, try t.load(path: o.taskFile ?? "data/" + t.relativePath, tokenizer: try loadTokenizer(o.vocab), limit: o.taskLimit))
+        }
         return Plan(config: config, train: train, val: val, micro: micro, accumulation: o.batchSize / (micro * n),
-                    resumeCandidates: candidates, initPath: o.initFrom, schedule: schedule, dataIdentity: trainManifest?.id)
+                    resumeCandidates: candidates, initPath: o.initFrom, schedule: schedule, dataIdentity: trainManifest?.id, task: task)
     }
 
     /// Opens token shards. Shards that `prepare` wrote are checked against their manifest (sizes here, sha256 of
@@ -174,6 +186,7 @@ public final class Trainer {
         /// bf16: whether the parameters' bf16 copy matches the values (AdamW refreshes what it updates; under ZeRO-1
         /// the other ranks' parts are rounded as their all-gather lands: `awaitParameters`).
         var bf16CopyIsCurrent = false
+        var taskScorer: ChoiceScorer?  // --task: its graphs, built at the first scoring
         /// ZeRO-1 in bf16: the regions whose all-gathered parts are not yet in the bf16 copy.
         var bf16RegionsPending: [Bool] = []
         lazy var othersParts: [[Range<Int>]] = model.config.gradientRegions.map { region in
@@ -515,6 +528,18 @@ public final class Trainer {
         if comm.isRoot {
             log(String(format: "  validation loss %.4f (step %d, %d batches)", loss, s.step, batches))
             record(s, ["val_step": Double(s.step), "val_loss": loss])
+        }
+    }
+
+    /// --task: the benchmark on the current weights (fp32 products, items split over ranks), into the records.
+    func scoreTask(_ s: State, _ plan: Plan) {
+        guard let (task, items) = plan.task else { return }
+        awaitAllParameters(s)
+        if s.taskScorer == nil { s.taskScorer = ChoiceScorer(model: s.model, rows: plan.micro) }
+        let r = s.taskScorer!.score(items, comm: comm)
+        if comm.isRoot {
+            log(String(format: "  %@ acc %.4f, acc_norm %.4f (step %d, %d items, %.1f s)", task.rawValue, r.acc, r.accNorm, s.step, r.items, r.seconds))
+            record(s, ["eval_step": Double(s.step), task.metricNames.acc: r.acc, task.metricNames.accNorm: r.accNorm])
         }
     }
 

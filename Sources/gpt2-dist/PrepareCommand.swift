@@ -3,6 +3,7 @@ import Common
 import Foundation
 import Machine
 import Prepare
+import Tokenizer
 import Training
 
 struct PrepareCommand: ParsableCommand {

@@ -73,4 +73,32 @@ import Training
         expectOneLineError(try CLI.run(args.map { $0.hasSuffix("requests.jsonl.gz") ? plain + ".gz" : $0 }),
                            "a line without its continuation", mentioning: "line 2: no request.continuation")
     }
+
+    /// train --task: acc and acc_norm at --task-every steps and the end, in metrics.h5, TensorBoard and the plot's
+    /// second panel; a model without GPT-2's vocabulary is one line.
+    @Test func trainScoresTheTaskOnTheWay() throws {
+        guard try loadVocabulary() != nil else { return }
+        let dir = tmpDir("hellaswag-train")
+        let ckpt = dir + "/model.h5", out = dir + "/run"
+        #expect(try CLI.run(["import-hf", "--from", Self.dir + "/hf", "--out", ckpt]).status == 0)
+        let vocab = URL(fileURLWithPath: vocabularyPath).deletingLastPathComponent().path
+        let task = ["--task", "hellaswag", "--task-every", "2", "--task-limit", "12", "--task-file", Self.dir + "/requests.jsonl.gz",
+                    "--vocab", vocab]
+        let r = try CLI.run(["train", "--init", ckpt, "--data", tinyTokens, "--out", out, "--steps", "5", "--batch-size", "4",
+                             "--seq-len", "32", "--threads", "1"] + task)
+        #expect(r.status == 0, "\(r.stderr)")
+        let m = try MetricsLog.read(path: out + "/metrics.h5")
+        #expect(m["eval_step"] == [2, 4, 5], "\(m.keys.sorted())")
+        let acc = m["eval_hellaswag_acc"] ?? [], norm = m["eval_hellaswag_acc_norm"] ?? []
+        #expect(acc.count == 3 && norm.count == 3 && (acc + norm).allSatisfy { $0 >= 0 && $0 <= 1 && ($0 * 12).rounded() == $0 * 12 })
+        let events = try FileManager.default.contentsOfDirectory(atPath: out).first { $0.hasPrefix("events.out") }!
+        #expect(try readEvents(out + "/" + events)["eval/hellaswag_acc_norm"]?.map(\.step) == [2, 4, 5])
+        #expect(try String(contentsOfFile: out + "/loss.svg", encoding: .utf8).contains("hellaswag (train --task)"))
+
+        let cfg = try writeConfig(dir, dropRate: 0)  // vocab_size 512
+        expectOneLineError(try CLI.run(trainArgs(config: cfg, out: dir + "/small", steps: 2, extra: task)), "--task with a small vocabulary",
+                           mentioning: "GPT-2's vocabulary")
+        expectOneLineError(try CLI.run(["train", "--init", ckpt, "--data", tinyTokens, "--out", dir + "/zero", "--steps", "2"]
+                                       + task.map { $0 == "12" ? "0" : $0 }), "train --task-limit 0", mentioning: "--task-limit")
+    }
 }

@@ -62,7 +62,7 @@ import Testing
 func expectSameSeries(_ scalars: [String: [(step: Int, value: Float)]], _ metrics: [String: [Double]],
                       sourceLocation: SourceLocation = #_sourceLocation) {
     for (name, values) in metrics where name != "step" && !name.hasSuffix("_step") {
-        let steps = metrics[name.hasPrefix("val_") ? "val_step" : "step"] ?? []
+        let steps = metrics[name.hasPrefix("val_") ? "val_step" : name.hasPrefix("eval_") ? "eval_step" : "step"] ?? []
         let got = scalars[TensorBoardWriter.tag(forSeries: name)] ?? []
         #expect(got.map(\.step) == steps.map { Int($0) }, "\(name): steps", sourceLocation: sourceLocation)
         #expect(got.map(\.value) == values.map { Float($0) }, "\(name): values", sourceLocation: sourceLocation)

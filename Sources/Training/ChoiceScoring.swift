@@ -10,8 +10,8 @@ import Tasks
 /// acc: the argmax of the sum is the gold continuation; acc_norm: the argmax of the sum divided by the
 /// continuation's length in characters.
 ///
-/// Each (item, continuation) is one row of a forward pass; rows go in batches of `rows`, through a graph for the
-/// batch's longest row rounded up to 32 positions (so short items do not pay for the longest). The graphs stop at
+/// Each (item, continuation) is one row of a forward pass; rows go by length in batches of `rows`, through a graph for
+/// the batch's longest row rounded up to 32 positions (so short rows do not pay for the longest). The graphs stop at
 /// the final LayerNorm (`GPT2Graph.Mode.features`): the tied head runs only at the positions that predict a
 /// continuation token.
 public final class ChoiceScorer {
@@ -50,7 +50,10 @@ public final class ChoiceScorer {
 
     /// The summed log-probability of every continuation of every item: [item][continuation].
     public func logLikelihoods(_ items: [ChoiceItem]) -> [[Double]] {
-        let all = items.flatMap { item in item.continuations.map { row(context: item.context, continuation: $0) } }
+        let rowsInOrder = items.flatMap { item in item.continuations.map { row(context: item.context, continuation: $0) } }
+        // Batches of rows of similar length: sorted by length (ties by order), summed back in item order.
+        let order = rowsInOrder.indices.sorted { (rowsInOrder[$0].inputs.count, $0) < (rowsInOrder[$1].inputs.count, $1) }
+        let all = order.map { rowsInOrder[$0] }
         var sums = [Double](repeating: 0, count: all.count)
         var start = 0, bf16CopyIsCurrent = false  // (bf16: rounded once; the weights do not change while scoring)
         while start < all.count {
@@ -76,9 +79,11 @@ public final class ChoiceScorer {
             }
             start += batch.count
         }
+        var inItemOrder = [Double](repeating: 0, count: sums.count)
+        for (k, original) in order.enumerated() { inItemOrder[original] = sums[k] }
         var out: [[Double]] = [], next = 0
         for item in items {
-            out.append(Array(sums[next..<(next + item.continuations.count)]))
+            out.append(Array(inItemOrder[next..<(next + item.continuations.count)]))
             next += item.continuations.count
         }
         return out

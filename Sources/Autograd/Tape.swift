@@ -52,10 +52,19 @@ public final class Tape {
         openSegment = nil
     }
 
-    public func record(_ op: any Op, completesRegion region: Int? = nil) {
+    public func record(_ op: any Op, name: String? = nil, completesRegion region: Int? = nil) {
         ops.append(op)
+        names.append(name ?? String(describing: type(of: op)))
         completes.append(region)
     }
+
+    /// Each op's name (the model's: `h.3.mlp.c_fc`, ...; else its kernel's type), indexed like `ops`.
+    public private(set) var names: [String] = []
+
+    public enum Phase: String, Sendable { case forward, backward, recompute }
+    /// When set (a traced step), told of every op's span: its index (-1: zeroing the activations' gradients before
+    /// backward), the phase, and its start and end (DispatchTime uptime nanoseconds).
+    public var spanObserver: ((_ op: Int, _ phase: Phase, _ start: UInt64, _ end: UInt64) -> Void)?
 
     /// When set, seconds spent in each op (forward + backward) are added here, indexed like `ops`.
     public var opSeconds: [Double]?
@@ -63,10 +72,10 @@ public final class Tape {
     /// Runs every forward kernel in order. `awaiting(region)` is called before each op that uses (and in backward
     /// completes) a gradient region's parameters: the caller may still be receiving them (ZeRO-1's all-gather).
     public func forward(awaiting: ((Int) -> Void)? = nil) {
-        if opSeconds != nil || awaiting != nil {
+        if opSeconds != nil || awaiting != nil || spanObserver != nil {
             for (i, op) in ops.enumerated() {
                 if let a = awaiting, let region = completes[i] { a(region) }
-                if opSeconds != nil { measure(i) { op.forward() } } else { op.forward() }
+                if opSeconds != nil || spanObserver != nil { measure(i, .forward) { op.forward() } } else { op.forward() }
             }
             return
         }
@@ -74,23 +83,35 @@ public final class Tape {
     }
 
     @inline(__always)
-    private func measure(_ i: Int, _ body: () -> Void) {
+    private func measure(_ i: Int, _ phase: Phase, _ body: () -> Void) {
         let t0 = DispatchTime.now().uptimeNanoseconds
         body()
-        opSeconds![i] += Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+        let t1 = DispatchTime.now().uptimeNanoseconds
+        opSeconds?[i] += Double(t1 - t0) / 1e9
+        spanObserver?(i, phase, t0, t1)
     }
 
     /// Runs every backward kernel in reverse order. `progress(region)` is called after each op that completes a
     /// gradient region.
     public func backward(progress: ((Int) -> Void)? = nil) {
-        arena.zeroGradients()
+        if let observe = spanObserver {
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            arena.zeroGradients()
+            observe(-1, .backward, t0, DispatchTime.now().uptimeNanoseconds)  // -1: zeroing the activations' gradients
+        } else {
+            arena.zeroGradients()
+        }
         var i = ops.count - 1
         while i >= 0 {
             if let seg = segmentEndingAt[i] {
-                if seg.recompute { for j in seg.ops { ops[j].forward() } }
+                if seg.recompute {
+                    for j in seg.ops {
+                        if spanObserver != nil { measure(j, .recompute) { ops[j].forward() } } else { ops[j].forward() }
+                    }
+                }
                 for t in seg.shared { if let g = t.grad { memset(g, 0, t.count * 4) } }
             }
-            if opSeconds != nil { measure(i) { ops[i].backward() } } else { ops[i].backward() }
+            if opSeconds != nil || spanObserver != nil { measure(i, .backward) { ops[i].backward() } } else { ops[i].backward() }
             if let p = progress, let region = completes[i] { p(region) }
             i -= 1
         }

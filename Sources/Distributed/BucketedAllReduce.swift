@@ -95,7 +95,7 @@ public final class BucketedAllReduce: @unchecked Sendable {
 
     /// The communication thread's state: a queue of tasks, the reduction and the all-gather.
     final class Worker: @unchecked Sendable {
-        enum Task { case reduce(Range<Int>), gather(UnsafeMutablePointer<Float>, Range<Int>), stop }
+        enum Task { case reduce(Range<Int>, handedOff: UInt64), gather(UnsafeMutablePointer<Float>, Range<Int>, handedOff: UInt64), stop }
         let comm: Communicator, base: UnsafeMutablePointer<Float>, shardsBuckets: Bool
         private let lock = NSCondition()
         private var queue: [Task] = []
@@ -126,11 +126,11 @@ public final class BucketedAllReduce: @unchecked Sendable {
                 workAvailable.wait()
                 switch locked({ queue.removeFirst() }) {
                 case .stop: return
-                case .reduce(let r):
-                    reduce(r)
+                case .reduce(let r, let handedOff):
+                    reduce(r, handedOff: handedOff)
                     bucketDone.signal()
-                case .gather(let params, let r):
-                    gather(params, r)
+                case .gather(let params, let r, let handedOff):
+                    gather(params, r, handedOff: handedOff)
                     lock.lock(); gathered += 1; lock.broadcast(); lock.unlock()
                 }
             }
@@ -145,7 +145,11 @@ public final class BucketedAllReduce: @unchecked Sendable {
             lock.unlock()
         }
 
-        func reduce(_ r: Range<Int>) {
+        /// When set (a traced step), told of each bucket: what was done, its floats, and when it was handed off,
+        /// started and finished (DispatchTime uptime nanoseconds), on the thread that did it.
+        var observer: (@Sendable (_ kind: Collective, _ range: Range<Int>, _ handedOff: UInt64, _ start: UInt64, _ end: UInt64) -> Void)?
+
+        func reduce(_ r: Range<Int>, handedOff: UInt64? = nil) {
             let t0 = DispatchTime.now().uptimeNanoseconds
             if shardsBuckets {
                 let (counts, offsets) = BucketedAllReduce.parts(ofBucket: r.count, ranks: comm.size)
@@ -161,9 +165,10 @@ public final class BucketedAllReduce: @unchecked Sendable {
                 comm.allReduceSum(base + r.lowerBound, count: r.count)
             }
             addTime(since: t0)
+            locked { observer }?(shardsBuckets ? .reduceScatter : .allReduce, r, handedOff ?? t0, t0, DispatchTime.now().uptimeNanoseconds)
         }
 
-        func gather(_ params: UnsafeMutablePointer<Float>, _ r: Range<Int>) {
+        func gather(_ params: UnsafeMutablePointer<Float>, _ r: Range<Int>, handedOff: UInt64? = nil) {
             let t0 = DispatchTime.now().uptimeNanoseconds
             let (counts, offsets) = BucketedAllReduce.parts(ofBucket: r.count, ranks: comm.size)
             if comm.sleepsWhileWaiting {
@@ -172,12 +177,22 @@ public final class BucketedAllReduce: @unchecked Sendable {
                 comm.allGatherInPlace(params + r.lowerBound, counts: counts, displacements: offsets)
             }
             addTime(since: t0)
+            locked { observer }?(.allGather, r, handedOff ?? t0, t0, DispatchTime.now().uptimeNanoseconds)
         }
 
         private func addTime(since t0: UInt64) {
             let dt = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
             locked { commSeconds += dt }
         }
+    }
+
+    /// The collectives a bucket goes through.
+    public enum Collective: String, Sendable { case allReduce = "all-reduce", reduceScatter = "reduce-scatter", allGather = "all-gather" }
+
+    /// Told of each bucket's collective (see `Worker.observer`); nil: nothing is timed beyond the totals.
+    public var bucketObserver: (@Sendable (_ kind: Collective, _ range: Range<Int>, _ handedOff: UInt64, _ start: UInt64, _ end: UInt64) -> Void)? {
+        get { worker.locked { worker.observer } }
+        set { worker.locked { worker.observer = newValue } }
     }
 
     /// Starts a reducing backward pass.
@@ -191,7 +206,7 @@ public final class BucketedAllReduce: @unchecked Sendable {
         guard overlap else { return }
         let all = schedule.buckets
         while nextBucket < all.count && all[nextBucket].region <= region {
-            worker.submit(.reduce(all[nextBucket].range))
+            worker.submit(.reduce(all[nextBucket].range, handedOff: DispatchTime.now().uptimeNanoseconds))
             submitted += 1
             nextBucket += 1
         }
@@ -227,7 +242,7 @@ public final class BucketedAllReduce: @unchecked Sendable {
         if overlap {
             awaitAllParameters()
             worker.resetGathered()
-            for b in schedule.buckets.reversed() { worker.submit(.gather(params, b.range)) }
+            for b in schedule.buckets.reversed() { worker.submit(.gather(params, b.range, handedOff: DispatchTime.now().uptimeNanoseconds)) }
             gathering = true
             return
         }

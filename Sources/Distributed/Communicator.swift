@@ -218,6 +218,22 @@ public final class Communicator: @unchecked Sendable {
         check(MPI_Gatherv(send, Int32(count), gd_mpi_float(), out, c, d, gd_mpi_float(), Int32(root), comm), "gather")
     }
 
+    /// Every rank's bytes, in rank order, on `root` (nil elsewhere): for records that vary in length (traces).
+    public func gatherBytes(_ bytes: [UInt8], root: Int = 0) -> [[UInt8]]? {
+        guard usesMPI, size > 1 else { return [bytes] }
+        var counts = [Int32](repeating: 0, count: size)
+        var mine = Int32(bytes.count)
+        check(MPI_Gather(&mine, 1, gd_mpi_int(), &counts, 1, gd_mpi_int(), Int32(root), comm), "gather counts")
+        var displacements = [Int32](repeating: 0, count: size)
+        for r in 1..<size { displacements[r] = displacements[r - 1] + counts[r - 1] }
+        var all = [UInt8](repeating: 0, count: rank == root ? Int(counts.reduce(0, +)) : 0)
+        bytes.withUnsafeBufferPointer { b in
+            check(MPI_Gatherv(b.baseAddress, mine, gd_mpi_byte(), &all, counts, displacements, gd_mpi_byte(), Int32(root), comm), "gather bytes")
+        }
+        guard rank == root else { return nil }
+        return (0..<size).map { r in Array(all[Int(displacements[r])..<Int(displacements[r] + counts[r])]) }
+    }
+
     /// Root sends counts[r] floats from buffer + displacements[r] to each rank r.
     public func scatter(_ buffer: UnsafePointer<Float>?, counts: [Int], displacements: [Int],
                         into out: UnsafeMutablePointer<Float>, count: Int, root: Int = 0) {

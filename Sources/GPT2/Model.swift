@@ -97,10 +97,10 @@ public final class GPT2Graph {
         let region = cfg.gradientRegionIndex
         var x = act([B, T, C])
         embedding = EmbeddingOp(tokens: inputs, wte: p.tensor("wte"), wpe: p.tensor("wpe"), out: x, batch: B, seqLen: T)
-        tape.record(embedding, completesRegion: region["wpe"])
+        tape.record(embedding, name: "embedding", completesRegion: region["wpe"])
         if drop > 0 && mode == .train {
             let y = act(x.shape)
-            tape.record(DropoutOp(x: x, out: y, rate: drop, site: 1 << 40, context: ctx))
+            tape.record(DropoutOp(x: x, out: y, rate: drop, site: 1 << 40, context: ctx), name: "embedding.dropout")
             x = y
         }
         // A block's internal activations (every op's output but the last, and the dropped copies): its own, or
@@ -131,9 +131,9 @@ public final class GPT2Graph {
                     hasParameter: { p.layout.entry(GPT2Config.blockParameterName(l, op.name, $0)) != nil },
                     config: cfg, batch: B, seqLen: T, arena: arena, stepContext: ctx, matmul: tape.matmul, site: site,
                     dropRate: mode == .train ? drop : 0)
-                tape.record(op.make(context), completesRegion: region["h.\(l).\(op.name)"])
+                tape.record(op.make(context), name: "h.\(l).\(op.name)", completesRegion: region["h.\(l).\(op.name)"])
                 if let d = op.dropoutSite, let dropped = a[op.name + ".dropped"] {
-                    tape.record(DropoutOp(x: out, out: dropped, rate: drop, site: site | d, context: ctx))
+                    tape.record(DropoutOp(x: out, out: dropped, rate: drop, site: site | d, context: ctx), name: "h.\(l).\(op.name).dropout")
                 }
             }
             if recomputing {
@@ -144,25 +144,25 @@ public final class GPT2Graph {
         }
         let lnf = act([B, T, C])
         tape.record(LayerNormOp(x: x, weight: p.tensor("ln_f.weight"), bias: p.tensor("ln_f.bias"), out: lnf, arena: arena),
-                    completesRegion: region["ln_f"])
+                    name: "ln_f", completesRegion: region["ln_f"])
         features = lnf
         if mode == .features {
             logits = nil
             lossOp = nil
         } else if recomputing {
             let ce = ChunkedHeadCrossEntropyOp(x: lnf, wte: p.tensor("wte"), targets: targets, arena: arena, matmul: tape.matmul)
-            tape.record(ce, completesRegion: region["wte"])
+            tape.record(ce, name: "head+loss", completesRegion: region["wte"])
             logits = nil
             lossOp = ce
         } else {
             let l = arena.tensor([B, T, V], gradient: mode == .train ? .inPlace : .none)
-            tape.record(TiedHeadOp(x: lnf, wte: p.tensor("wte"), logits: l, matmul: tape.matmul), completesRegion: region["wte"])
+            tape.record(TiedHeadOp(x: lnf, wte: p.tensor("wte"), logits: l, matmul: tape.matmul), name: "head", completesRegion: region["wte"])
             logits = l
             if mode == .logits {
                 lossOp = nil
             } else {
                 let ce = SoftmaxCrossEntropyOp(logits: l, targets: targets, arena: arena)
-                tape.record(ce)
+                tape.record(ce, name: "loss")
                 lossOp = ce
             }
         }

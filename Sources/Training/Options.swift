@@ -46,6 +46,7 @@ public struct TrainOptions: Equatable, Sendable {
     public var taskLimit: Int?
     public var taskFile: String?
     public var vocab = "data/gpt2"
+    public var traceSteps: String?
     public var evalBatches = 10
     public var bucketMb = BucketSchedule.defaultBucketMb
     public var overlap = true
@@ -100,6 +101,7 @@ public struct TrainOptions: Equatable, Sendable {
         .value("task-limit", \.taskLimit, "With --task: only its first N items."),
         .value("task-file", \.taskFile, "With --task: its file (default: data/eval/TASK/requests.jsonl.gz, from Launch/fetch-data)."),
         .value("vocab", \.vocab, "GPT-2 vocabulary for --task: gpt2.tiktoken or a directory with it."),
+        .value("trace-steps", \.traceSteps, "Write trace.json (Chrome/Perfetto) of steps A-B (or A): every op, wait and gradient bucket on every rank."),
         .value("tensorboard", \.tensorboard, "Also write the metrics as a TensorBoard event file in --out (true or false; alone: true).", bare: "true"),
         .value("bucket-mb", \.bucketMb, "Gradient bucket size in MB (buckets are filled in the order backward finishes the gradients)."),
         .flag("overlap", \.overlap, "Overlap the gradient all-reduce with backward."),

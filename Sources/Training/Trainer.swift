@@ -31,6 +31,9 @@ public final class Trainer {
         let plan = try agreed { try validate() }
         let state = try build(plan)
         try restore(state, plan)
+        if let t = plan.traceSteps, t.lowerBound <= state.step {
+            throw GPT2DistError(.usage, "--trace-steps \(t.lowerBound)-\(t.upperBound) is outside the run (it resumes after step \(state.step))")
+        }
         announce(state, plan)
         try agreed { try writeStatus(state, .running, reason: "training") }
         StopSignal.install()
@@ -46,6 +49,7 @@ public final class Trainer {
     /// The loop: step until --steps or a stop signal, validating and checkpointing on the way.
     func train(_ state: State, _ plan: Plan) throws -> (RunStatus.State, String) {
         while state.step < o.steps {
+            if let steps = plan.traceSteps, steps.contains(state.step + 1), state.trace == nil { startTracing(state, steps) }
             let stats = try trainStep(state, plan)
             report(stats, state, plan)
             if Self.injectedDriftStep == state.step && comm.rank == comm.size - 1 { injectDrift(state) }
@@ -53,11 +57,13 @@ public final class Trainer {
             if let signal = stats.stopSignal {
                 if comm.isRoot { log("  \(StopSignal.describe(signal)) received by a rank: stopping after step \(state.step)") }
                 try checkpoint(state)
+                try stopTracing(state)
                 return (.stopped, StopSignal.describe(signal))
             }
             if o.evalEvery > 0 && (state.step % o.evalEvery == 0 || state.step == o.steps) { try validateLoss(state, plan) }
             if plan.task != nil && ((o.taskEvery > 0 && state.step % o.taskEvery == 0) || state.step == o.steps) { scoreTask(state, plan) }
             if (o.ckptEvery > 0 && state.step % o.ckptEvery == 0) || state.step == o.steps { try checkpoint(state) }
+            if let trace = state.trace, state.step >= trace.steps.upperBound { try stopTracing(state) }
         }
         return (.finished, "reached --steps \(o.steps)")
     }
@@ -76,6 +82,7 @@ public final class Trainer {
         var schedule: LRSchedule
         var dataIdentity: String?        // the training data's manifest id, stored in checkpoints
         var task: (task: ChoiceTask, items: [ChoiceItem])?  // --task, read and tokenized before any work
+        var traceSteps: ClosedRange<Int>?  // --trace-steps
     }
 
     /// Checks every input before any work; throws a one-line error.
@@ -145,8 +152,16 @@ public final class Trainer {
             }
             task = (t, try t.load(path: o.taskFile ?? "data/" + t.relativePath, tokenizer: try loadTokenizer(o.vocab), limit: o.taskLimit))
         }
+        let traceSteps = try o.traceSteps.map { text -> ClosedRange<Int> in
+            let steps = try TraceRecorder.parseSteps(text)
+            guard steps.upperBound <= o.steps else {
+                throw GPT2DistError(.usage, "--trace-steps \(text) is outside the run (steps 1-\(o.steps))")
+            }
+            return steps
+        }
         return Plan(config: config, train: train, val: val, micro: micro, accumulation: o.batchSize / (micro * n),
-                    resumeCandidates: candidates, initPath: o.initFrom, schedule: schedule, dataIdentity: trainManifest?.id, task: task)
+                    resumeCandidates: candidates, initPath: o.initFrom, schedule: schedule, dataIdentity: trainManifest?.id, task: task,
+                    traceSteps: traceSteps)
     }
 
     /// Opens token shards. Shards that `prepare` wrote are checked against their manifest (sizes here, sha256 of
@@ -187,6 +202,7 @@ public final class Trainer {
         /// the other ranks' parts are rounded as their all-gather lands: `awaitParameters`).
         var bf16CopyIsCurrent = false
         var taskScorer: ChoiceScorer?  // --task: its graphs, built at the first scoring
+        var trace: TraceRecorder?  // while a step of --trace-steps runs
         /// ZeRO-1 in bf16: the regions whose all-gathered parts are not yet in the bf16 copy.
         var bf16RegionsPending: [Bool] = []
         lazy var othersParts: [[Range<Int>]] = model.config.gradientRegions.map { region in
@@ -366,26 +382,28 @@ public final class Trainer {
     /// one all-reduce of the loss and the stop flags, then clipping and the AdamW update (skipped when anything is
     /// non-finite).
     func trainStep(_ s: State, _ plan: Plan) throws -> StepStats {
-        let t0 = Runtime.now()
+        let t0 = Runtime.now(), traceStart = TraceRecorder.now()
         let (lossSum, dataSeconds) = forwardBackward(s, plan)
         sumGradients(s, plan)
         let exposedSeconds = s.reducer.waitSeconds + (s.tokenRows?.seconds ?? 0)
         let commSeconds = s.reducer.commSeconds + (s.tokenRows?.seconds ?? 0)
         // One all-reduce carries the loss and whether any rank was asked to stop (and by which signal).
         var agreed = [lossSum, StopSignal.requested ? 1 : 0, StopSignal.requested ? Double(StopSignal.signalNumber) : 0]
-        comm.allReduceSum(&agreed)
+        traced(s, "loss all-reduce") { comm.allReduceSum(&agreed) }
         let loss = agreed[0] / Double(o.batchSize * o.seqLen)
-        let norm = gradientNorm(s)
+        let norm = traced(s, "gradient norm") { gradientNorm(s) }
         let lr = plan.schedule(s.step)
         let tOpt = Runtime.now()
-        try update(s, plan, loss: loss, norm: norm, lr: lr)
+        try traced(s, "optimizer") { try update(s, plan, loss: loss, norm: norm, lr: lr) }
         let optimizerSeconds = Runtime.now() - tOpt
         s.step += 1
         s.tokensSeen += o.batchSize * o.seqLen
         s.reducer.resetTimers()
         // One rank signalled: name its signal; several: SIGTERM stands for them all.
         let stop: Int32? = agreed[1] == 0 ? nil : agreed[1] == 1 ? Int32(agreed[2]) : SIGTERM
-        return StepStats(loss: loss, norm: norm, lr: lr, seconds: Runtime.now() - t0, commSeconds: commSeconds,
+        let seconds = Runtime.now() - t0
+        s.trace?.span("step \(s.step)", "step", start: traceStart, end: TraceRecorder.now(), args: ["ms": seconds * 1000])
+        return StepStats(loss: loss, norm: norm, lr: lr, seconds: seconds, commSeconds: commSeconds,
                          exposedSeconds: exposedSeconds, optimizerSeconds: optimizerSeconds, dataSeconds: dataSeconds,
                          stopSignal: stop)
     }
@@ -394,21 +412,23 @@ public final class Trainer {
     /// buckets to the reducer as it finishes them (wte's dense part first). Returns the summed loss and the
     /// seconds spent reading batches.
     func forwardBackward(_ s: State, _ plan: Plan) -> (lossSum: Double, dataSeconds: Double) {
-        s.model.parameters.zeroGradients()
+        traced(s, "zero gradients") { s.model.parameters.zeroGradients() }
         s.reducer.begin()
         var lossSum = 0.0, dataSeconds = 0.0
         let rowsPerRank = plan.micro * plan.accumulation, reducer = s.reducer
         for k in 0..<plan.accumulation {
             let first = comm.rank * rowsPerRank + k * plan.micro
             let tData = Runtime.now()
-            s.order.fill(plan.train, step: s.step, firstRow: first, rows: plan.micro,
-                         inputs: s.graph.inputs.pointer, targets: s.graph.targets.pointer)
+            traced(s, "data", "data") {
+                s.order.fill(plan.train, step: s.step, firstRow: first, rows: plan.micro,
+                             inputs: s.graph.inputs.pointer, targets: s.graph.targets.pointer)
+            }
             dataSeconds += Runtime.now() - tData
             // ZeRO-1: the previous update's all-gather may still be landing; forward waits region by region.
             s.graph.forward(step: s.step, seed: UInt64(o.seed), rowOffset: first, bf16CopyIsCurrent: s.bf16CopyIsCurrent,
                             awaitingParameters: reducer.gathering ? { self.awaitParameters(s, region: $0) } : nil)
             s.bf16CopyIsCurrent = true
-            awaitAllParameters(s)
+            traced(s, "wait: parameters (all-gather)", "wait") { awaitAllParameters(s) }
             lossSum += s.graph.lossSum
             let deferRows = k == plan.accumulation - 1 && s.tokenRows != nil
             s.graph.defersTokenGradient = deferRows
@@ -419,13 +439,15 @@ public final class Trainer {
 
     /// Waits for the buckets, then sums the token embedding's rows apart (several ranks).
     func sumGradients(_ s: State, _ plan: Plan) {
-        s.reducer.finish()
+        traced(s, "wait: gradient buckets", "wait") { s.reducer.finish() }
         guard let rows = s.tokenRows else { return }
         let params = s.model.parameters
         fillEveryRanksTokens(rows, s, plan, step: s.step, microBatch: plan.accumulation - 1)
-        rows.reduce(tokens: s.graph.inputs.pointer, rowGradient: s.graph.embeddingGradient, positions: plan.micro * o.seqLen,
-                    comm: comm, gradients: params.gradients.pointer, wteOffset: params.layout.entry("wte")!.offset,
-                    keep: s.sharding.mine)
+        traced(s, "token rows of wte (exchange)", "comm") {
+            rows.reduce(tokens: s.graph.inputs.pointer, rowGradient: s.graph.embeddingGradient, positions: plan.micro * o.seqLen,
+                        comm: comm, gradients: params.gradients.pointer, wteOffset: params.layout.entry("wte")!.offset,
+                        keep: s.sharding.mine)
+        }
     }
 
     /// Clipping and AdamW, then (ZeRO-1) the all-gather of the updated parameters; a non-finite loss or norm skips
@@ -458,7 +480,7 @@ public final class Trainer {
     /// ZeRO-1: waits until region `region` holds every rank's updated parameters, and (bf16) rounds the other ranks'
     /// parts of it into the bf16 copy (this rank's parts were rounded by its AdamW update).
     func awaitParameters(_ s: State, region: Int) {
-        s.reducer.awaitParameters(region: region)
+        traced(s, "wait: parameters (all-gather)", "wait") { s.reducer.awaitParameters(region: region) }
         guard s.bf16RegionsPending.indices.contains(region), s.bf16RegionsPending[region] else { return }
         for part in s.othersParts[region] { s.model.parameters.refreshBF16Copy(part) }
         s.bf16RegionsPending[region] = false
@@ -508,6 +530,8 @@ public final class Trainer {
     /// Rank 0 alone writes metrics: the same row to metrics.h5 and (unless off) the TensorBoard event file. A busy or
     /// failing metrics file is reported once, never fatal.
     func record(_ s: State, _ values: [String: Double]) {
+        let t0 = TraceRecorder.now()
+        defer { s.trace?.span("metrics row", "writer", .writer, start: t0, end: TraceRecorder.now()) }
         if let warning = s.metrics?.append(values), !s.metricsWarned {
             log("  warning: metrics.h5 not written this step: \(warning)")
             s.metricsWarned = true
@@ -531,6 +555,45 @@ public final class Trainer {
         }
     }
 
+    // MARK: tracing (--trace-steps)
+
+    /// Runs `body`, as one span of the compute track while a step is traced.
+    @discardableResult
+    func traced<R>(_ s: State, _ name: String, _ category: String = "compute", _ body: () throws -> R) rethrows -> R {
+        guard let trace = s.trace else { return try body() }
+        return try trace.measure(name, category, .compute, body)
+    }
+
+    /// From the next step on: every op, wait and bucket into a TraceRecorder (clocks aligned at a barrier).
+    func startTracing(_ s: State, _ steps: ClosedRange<Int>) {
+        let trace = TraceRecorder(steps: steps)
+        trace.start(comm: comm)
+        let names = s.graph.tape.names
+        s.graph.tape.spanObserver = { op, phase, start, end in
+            let name = op < 0 ? "zero activation gradients" : names[op] + (phase == .recompute ? " (recompute)" : "")
+            trace.span(name, phase.rawValue, start: start, end: end)
+        }
+        s.reducer.bucketObserver = { kind, range, handedOff, start, end in
+            let bytes = Double(range.count * 4)
+            trace.span(kind.rawValue, "comm", .communication, start: start, end: end, args: ["bytes": bytes, "queued_ms": Double(start - handedOff) / 1e6])
+            trace.asyncSpan("\(kind.rawValue) bucket (hand-off to done)", "bucket", start: handedOff, end: end, args: ["bytes": bytes])
+        }
+        s.trace = trace
+    }
+
+    /// After the last traced step (or when the run ends first): hooks off, and rank 0 writes OUT/trace.json with
+    /// every rank's events. Collective.
+    func stopTracing(_ s: State) throws {
+        guard let trace = s.trace else { return }
+        s.graph.tape.spanObserver = nil
+        s.reducer.bucketObserver = nil
+        awaitAllParameters(s)  // an all-gather still landing would report into the recorder
+        s.trace = nil
+        let path = o.out! + "/trace.json"
+        try trace.write(path: path, comm: comm)
+        if comm.isRoot { log("  trace of steps \(trace.steps.lowerBound)-\(trace.steps.upperBound) on \(comm.size) rank(s): \(path)") }
+    }
+
     /// --task: the benchmark on the current weights (fp32 products, items split over ranks), into the records.
     func scoreTask(_ s: State, _ plan: Plan) {
         guard let (task, items) = plan.task else { return }
@@ -548,6 +611,8 @@ public final class Trainer {
     /// Rank 0 writes OUT/ckpt-STEP.h5 (every rank takes part in gathering sharded optimizer state); the file is
     /// verified before it replaces anything, and only then does `latest` move and old checkpoints go.
     func checkpoint(_ s: State) throws {
+        let t0 = TraceRecorder.now()
+        defer { s.trace?.span("checkpoint", "writer", .writer, start: t0, end: TraceRecorder.now()) }
         awaitAllParameters(s)  // ZeRO-1's all-gather otherwise overlaps the next forward
         var failure: String?
         let params = s.model.parameters

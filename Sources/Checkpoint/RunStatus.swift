@@ -79,3 +79,30 @@ public struct RunStatus: Codable, Equatable, Sendable {
         return status
     }
 }
+
+/// RUN/baselines.json: what `eval --baselines` measured for a run's checkpoint (count-based unigram and bigram models
+/// on the same positions), kept so the run's plot can draw them beside its losses.
+public struct RunBaselines: Codable, Equatable, Sendable {
+    public static let fileName = "baselines.json"
+    public var unigram: Double, bigram: Double
+    /// Training tokens the counts came from, and the checkpoint step the model was evaluated at.
+    public var trainTokens: Int, step: Int
+
+    enum CodingKeys: String, CodingKey { case unigram, bigram, step, trainTokens = "train_tokens" }
+
+    public init(unigram: Double, bigram: Double, trainTokens: Int, step: Int) {
+        self.unigram = unigram; self.bigram = bigram; self.trainTokens = trainTokens; self.step = step
+    }
+
+    public func write(runDirectory: String) throws {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys]
+        try AtomicFile.write(text: String(decoding: try encoder.encode(self), as: UTF8.self) + "\n", to: runDirectory + "/" + Self.fileName)
+    }
+
+    /// nil when the run has none (or an unreadable one: the plot then leaves the lines out).
+    public static func read(runDirectory: String) -> RunBaselines? {
+        guard let data = FileManager.default.contents(atPath: runDirectory + "/" + fileName) else { return nil }
+        return try? JSONDecoder().decode(RunBaselines.self, from: data)
+    }
+}

@@ -191,7 +191,8 @@ public enum LossPlot {
 
     /// Reads runDir/metrics.h5 and writes runDir/loss.svg (atomically): train loss raw (faint) and smoothed
     /// (EMA 0.9 unless `smooth`), validation loss; below it, a panel of each benchmark scored in training (acc and
-    /// acc_norm against step, with chance level for HellaSwag's four endings dotted).
+    /// acc_norm against step, with chance level for HellaSwag's four endings dotted). The unigram and bigram baselines
+    /// that `eval --baselines` stored in the run (baselines.json) are dashed lines.
     public static func render(runDirectory dir: String, smooth: Double? = nil) throws -> String {
         let run = try RunCurves(runDirectory: dir)
         let alpha = smooth ?? 0.9
@@ -201,6 +202,12 @@ public enum LossPlot {
                               ys: smoothed(run.train, alpha: alpha), color: palette[0], width: 2))
         }
         if !run.val.isEmpty { lines.append(Line(label: "validation loss", xs: run.valSteps, ys: run.val, color: palette[1], width: 2, markers: true)) }
+        if let b = RunBaselines.read(runDirectory: dir), let first = run.steps.first, let last = run.steps.last {
+            lines.append(Line(label: String(format: "unigram baseline %.3f", b.unigram), xs: [first, last], ys: [b.unigram, b.unigram],
+                              color: palette[7], width: 1.5, dashed: true))
+            lines.append(Line(label: String(format: "bigram baseline %.3f", b.bigram), xs: [first, last], ys: [b.bigram, b.bigram],
+                              color: palette[5], width: 1.5, dashed: true))
+        }
         var charts = [svg(lines: lines, title: "gpt2-dist: \(run.name)", xLabel: "step")]
         for t in run.tasks {
             let chance = Line(label: "chance (25%)", xs: [run.steps.first ?? 0, run.steps.last ?? 1], ys: [0.25, 0.25], color: "#7f7f7f", width: 1, dashed: true)

@@ -75,6 +75,12 @@ struct Eval: ParsableCommand {
             print(String(format: "eval loss %.6f (perplexity %.2f) over %d batches of %d x %d tokens (%d spans available) in %.2f s",
                          r.loss, exp(r.loss), r.batches, batchSize, seqLen, r.spans, r.seconds))
             if let unigram = r.unigram, let bigram = r.bigram, let trainTokens = r.baselineTrainTokens {
+                // Kept in the checkpoint's run directory, whose plot draws them.
+                let run = URL(fileURLWithPath: try TrainCheckpoint.resolve(checkpoint)).deletingLastPathComponent().path
+                if FileManager.default.fileExists(atPath: run + "/metrics.h5") {
+                    try RunBaselines(unigram: unigram, bigram: bigram, trainTokens: trainTokens, step: evaluation.step).write(runDirectory: run)
+                    _ = try? LossPlot.render(runDirectory: run)
+                }
                 print(String(format: "  model    %.4f", r.loss))
                 print(String(format: "  bigram   %.4f  (counts of %d training tokens: 0.7 bigram + 0.3 unigram)", bigram, trainTokens))
                 print(String(format: "  unigram  %.4f  (counts, add-one smoothed)", unigram))

@@ -125,6 +125,14 @@ import Training
             #expect(svg.contains(">first<") && svg.contains(">second<") && svg.components(separatedBy: "<path").count - 1 == 6, "\(axis)")
         }
         #expect(try CLI.run(["plot", dir + "/first"]).status == 0 && FileManager.default.fileExists(atPath: dir + "/first/loss.svg"))
+        // eval --baselines keeps the baselines in the checkpoint's run, whose plot draws them as dashed lines.
+        let e = try CLI.run(["eval", "--checkpoint", dir + "/first", "--data", tinyTokens, "--batch-size", "2", "--seq-len", "16",
+                             "--batches", "2", "--baselines", tinyTokens])
+        #expect(e.status == 0, "\(e.stderr)")
+        let b = try #require(RunBaselines.read(runDirectory: dir + "/first"))
+        #expect(b.unigram.isFinite && b.bigram < b.unigram && b.step == 4 && b.trainTokens > 0)
+        let svg = try String(contentsOfFile: dir + "/first/loss.svg", encoding: .utf8)
+        #expect(svg.contains("unigram baseline") && svg.contains("bigram baseline") && svg.contains("stroke-dasharray"))
         expectOneLineError(try CLI.run(["plot", dir]), "plot of a directory without metrics.h5", mentioning: "no metrics.h5")
         expectOneLineError(try CLI.run(["plot", dir + "/first", "--x", "epochs"]), "plot --x epochs", mentioning: "--x")
         expectOneLineError(try CLI.run(["plot", dir + "/first", "--smooth", "1"]), "plot --smooth 1", mentioning: "--smooth")

@@ -18,4 +18,13 @@ public enum Format {
         if t >= 60 { return "\(t / 60)m\(String(format: "%02d", t % 60))s" }
         return "\(t)s"
     }
+
+    /// 1.5M, 20G, 3.2P: a count with an SI suffix, with `decimals` after the point (default: three significant digits).
+    public static func si(_ v: Double, decimals: Int? = nil) -> String {
+        let suffixes = ["", "k", "M", "G", "T", "P", "E", "Z"]
+        let exponent = v == 0 || !v.isFinite ? 0 : min(suffixes.count - 1, max(0, Int(floor(log10(abs(v)) / 3))))
+        let scaled = v / pow(1000, Double(exponent))
+        let d = decimals ?? max(0, 2 - Int(floor(log10(max(abs(scaled), 1)))))
+        return String(format: "%.*f", Int32(d), scaled) + suffixes[exponent]
+    }
 }

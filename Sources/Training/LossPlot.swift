@@ -257,12 +257,10 @@ public enum LossPlot {
         return out
     }
 
-    /// 1.5M, 20G, 3.2P: a tick value with an SI suffix, with as many decimals as the tick spacing needs.
+    /// A tick value with an SI suffix, with as many decimals as the tick spacing needs.
     static func siNumber(_ v: Double, step: Double) -> String {
-        let suffixes = ["", "k", "M", "G", "T", "P", "E", "Z"]
-        let exponent = v == 0 ? 0 : min(suffixes.count - 1, max(0, Int(floor(log10(abs(v)) / 3))))
-        let scale = pow(1000, Double(exponent))
-        let decimals = max(0, -Int(floor(log10(step / scale) + 1e-9)))
-        return String(format: "%.*f", Int32(min(decimals, 3)), v / scale) + suffixes[exponent]
+        let exponent = v == 0 ? 0 : min(7, max(0, Int(floor(log10(abs(v)) / 3))))
+        let decimals = max(0, -Int(floor(log10(step / pow(1000, Double(exponent))) + 1e-9)))
+        return Format.si(v, decimals: min(decimals, 3))
     }
 }

@@ -16,7 +16,7 @@ struct GPT2Dist: ParsableCommand {
           mpirun -np 2 gpt2-dist train --config Configs/gpt2-small-cpu.json --data data/corpus --out runs/demo
           gpt2-dist generate --checkpoint runs/demo/latest --prompt "To be, or not"
         """,
-        subcommands: [Train.self, Eval.self, Generate.self, Info.self, Bench.self, Plot.self, PrepareCommand.self,
+        subcommands: [Train.self, Eval.self, Generate.self, Info.self, Bench.self, Plot.self, PrepareCommand.self, SweepCommand.self,
                       ImportHF.self, ExportHF.self, Plan.self, Metrics.self, Status.self, BenchComm.self, BenchTokenizer.self]
     )
 }

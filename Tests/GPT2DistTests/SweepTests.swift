@@ -1,3 +1,4 @@
+import Checkpoint
 import Foundation
 import GPT2
 import Planning
@@ -45,5 +46,42 @@ import Testing
             expectOneLineError(try CLI.run(["sweep", "plan", try Self.write(dir, fields)]), "sweep file with \(fields)", mentioning: needle)
         }
         expectOneLineError(try CLI.run(["sweep", "plan", dir + "/none.json"]), "a missing sweep file", mentioning: "cannot read")
+    }
+}
+
+/// `sweep run` through the release binary: every point a finished run directory; run again, finished points are
+/// skipped; a SIGTERM to the sweep stops the running point with a checkpoint (exit 130) and the next run resumes it
+/// to the same losses as a sweep that was never interrupted.
+@Suite(.serialized) struct SweepRunTests {
+    @Test func runsSkipsAndResumes() throws {
+        let dir = tmpDir("sweep-run")
+        let file = try SweepPlanTests.write(dir, ["budgets": [1e10, 1.2e11], "val": tinyTokens, "warmup_steps": 2])
+        let points = try Sweep.load(path: file).points()
+        #expect(points.allSatisfy { $0.steps >= 4 }, "\(points.map(\.steps))")
+        let whole = try CLI.run(["sweep", "run", file, "--out", dir + "/whole"], timeout: 600)
+        #expect(whole.status == 0, "\(whole.stderr)")
+        for p in points {
+            let status = try RunStatus.read(runDirectory: dir + "/whole/" + p.name)
+            #expect(status?.state == .finished && status?.step == p.steps, "\(p.name): \(String(describing: status))")
+            #expect(try MetricsLog.read(path: dir + "/whole/\(p.name)/metrics.h5")["val_loss"]?.count == 1)
+        }
+        let again = try CLI.run(["sweep", "run", file, "--out", dir + "/whole"])
+        #expect(again.status == 0 && again.stdout.components(separatedBy: "finished already").count - 1 == points.count, "\(again.stdout)")
+
+        // Interrupted in its last point, then resumed.
+        let out = dir + "/split", last = points.last!
+        let sweep = CLI.process(ranks: 0, ["sweep", "run", file, "--out", out])
+        try CLI.startAsFromShell(sweep, logPath: dir + "/split.log")
+        let deadline = Date().addingTimeInterval(300)
+        while Date() < deadline, ((try? RunStatus.read(runDirectory: out + "/" + last.name))??.step ?? 0) < 1 { usleep(20_000) }
+        kill(sweep.processIdentifier, SIGTERM)
+        sweep.waitUntilExit()
+        #expect(sweep.terminationStatus == 130)
+        let stopped = try RunStatus.read(runDirectory: out + "/" + last.name)
+        #expect(stopped?.state == .stopped && (stopped?.step ?? 0) < last.steps, "\(String(describing: stopped))")
+        let resumed = try CLI.run(["sweep", "run", file, "--out", out], timeout: 600)
+        #expect(resumed.status == 0 && resumed.stdout.contains("resuming"), "\(resumed.stdout)\(resumed.stderr)")
+        for p in points { #expect(try lossesPerStep(out + "/" + p.name) == lossesPerStep(dir + "/whole/" + p.name), "\(p.name)") }
+        expectOneLineError(try CLI.run(["sweep", "run", file, "--out", out, "--launcher", "ssh"]), "--launcher ssh", mentioning: "--launcher")
     }
 }

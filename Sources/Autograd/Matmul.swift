@@ -22,7 +22,7 @@ public enum BF16Engine: String, Sendable {
         try chosen.get()
     }
 
-    nonisolated(unsafe) private static let chosen: Result<(engine: BF16Engine, detail: String), Error> = Result {
+    private static let chosen: Result<(engine: BF16Engine, detail: String), Error> = Result {
         let forced = ProcessInfo.processInfo.environment["GPT2DIST_BF16_ENGINE"].flatMap { $0.isEmpty ? nil : $0 }
         if let forced, BF16Engine(rawValue: forced) == nil {
             throw GPT2DistError(.usage, "GPT2DIST_BF16_ENGINE must be native or emulated, got \(forced)")

@@ -19,12 +19,14 @@ public enum Format {
         return "\(t)s"
     }
 
-    /// 1.5M, 20G, 3.2P: a count with an SI suffix, with `decimals` after the point (default: three significant digits).
-    public static func si(_ v: Double, decimals: Int? = nil) -> String {
+    /// 1.5M, 20G, 3.2P: a count with an SI suffix; three significant digits, or (`spacing`: the distance between
+    /// neighbouring values, as an axis's ticks) as many decimals as that spacing needs, at most three.
+    public static func si(_ v: Double, spacing: Double? = nil) -> String {
         let suffixes = ["", "k", "M", "G", "T", "P", "E", "Z"]
         let exponent = v == 0 || !v.isFinite ? 0 : min(suffixes.count - 1, max(0, Int(floor(log10(abs(v)) / 3))))
-        let scaled = v / pow(1000, Double(exponent))
-        let d = decimals ?? max(0, 2 - Int(floor(log10(max(abs(scaled), 1)))))
-        return String(format: "%.*f", Int32(d), scaled) + suffixes[exponent]
+        let scale = pow(1000, Double(exponent)), scaled = v / scale
+        let decimals = spacing.map { min(3, max(0, -Int(floor(log10($0 / scale) + 1e-9)))) }
+            ?? max(0, 2 - Int(floor(log10(max(abs(scaled), 1)))))
+        return String(format: "%.*f", Int32(decimals), scaled) + suffixes[exponent]
     }
 }

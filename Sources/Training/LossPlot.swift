@@ -241,8 +241,8 @@ public enum LossPlot {
         let (label, tick): (String, (Double, Double) -> String) = {
             switch axis {
             case .step: return ("step", { v, _ in String(format: "%.0f", v) })
-            case .tokens: return ("tokens", { v, step in siNumber(v, step: step) })
-            case .flops: return ("training FLOPs (6·N·tokens)", { v, step in siNumber(v, step: step) })
+            case .tokens: return ("tokens", { v, step in Format.si(v, spacing: step) })
+            case .flops: return ("training FLOPs (6·N·tokens)", { v, step in Format.si(v, spacing: step) })
             case .time:
                 let longest = lines.flatMap(\.xs).max() ?? 0
                 let (unit, scale) = longest >= 7200 ? ("h", 3600.0) : longest >= 120 ? ("min", 60.0) : ("s", 1.0)
@@ -255,12 +255,5 @@ public enum LossPlot {
         let title = "gpt2-dist: " + (runs.count == 1 ? runs[0].name : "\(runs.count) runs")
         try AtomicFile.write(text: svg(lines: lines, title: title, xLabel: label, notes: notes, xTick: tick), to: out)
         return out
-    }
-
-    /// A tick value with an SI suffix, with as many decimals as the tick spacing needs.
-    static func siNumber(_ v: Double, step: Double) -> String {
-        let exponent = v == 0 ? 0 : min(7, max(0, Int(floor(log10(abs(v)) / 3))))
-        let decimals = max(0, -Int(floor(log10(step / pow(1000, Double(exponent))) + 1e-9)))
-        return Format.si(v, decimals: min(decimals, 3))
     }
 }

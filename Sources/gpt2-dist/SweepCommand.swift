@@ -111,7 +111,7 @@ struct SweepRun: ParsableCommand {
             if launcher == "local" && sweep.ranks != 1 {
                 throw GPT2DistError(.usage, "--launcher local runs one process: the sweep's ranks is \(sweep.ranks) (use --launcher mpirun)")
             }
-            let mpirun = launcher == "mpirun" ? try findOnPath("mpirun") : nil
+            let mpirun = launcher == "mpirun" ? findOnPath("mpirun") : nil
             if launcher == "mpirun" && mpirun == nil { throw GPT2DistError(.usage, "--launcher mpirun: no mpirun on PATH") }
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
             let binary = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
@@ -182,7 +182,7 @@ struct SweepRun: ParsableCommand {
         return a
     }
 
-    func findOnPath(_ name: String) throws -> String? {
+    func findOnPath(_ name: String) -> String? {
         (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map { $0 + "/" + name }
             .first { FileManager.default.isExecutableFile(atPath: $0) }
     }

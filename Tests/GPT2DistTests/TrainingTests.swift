@@ -1,4 +1,5 @@
 import Autograd
+import Common
 import Data
 import Checkpoint
 import Distributed
@@ -224,7 +225,7 @@ struct LossPlotSmoothingTests {
         let s = LossPlot.smoothed([4, 2, 2, .nan, 2], alpha: 0.5)
         #expect(s[0] == 4 && abs(s[1] - (0.25 * 4 + 0.5 * 2) / 0.75) < 1e-12 && s[3].isNaN && s[4] < s[2])
         #expect(LossPlot.smoothed([3, 1], alpha: 0) == [3, 1])
-        #expect(LossPlot.siNumber(2_000, step: 1_000) == "2k" && LossPlot.siNumber(1.5e9, step: 5e8) == "1.5G" && LossPlot.siNumber(0, step: 1) == "0")
+        #expect(Format.si(2_000, spacing: 1_000) == "2k" && Format.si(1.5e9, spacing: 5e8) == "1.5G" && Format.si(0, spacing: 1) == "0")
     }
 }
 

@@ -29,4 +29,11 @@ public enum Format {
             ?? max(0, 2 - Int(floor(log10(max(abs(scaled), 1)))))
         return String(format: "%.*f", Int32(decimals), scaled) + suffixes[exponent]
     }
+
+    /// `s` padded with spaces to `width` characters: on the right (`left`-aligned, for names) or on the left (for
+    /// numbers). String(format:)'s %-13@ does not pad Swift strings.
+    public static func column(_ s: String, _ width: Int, left: Bool = false) -> String {
+        let fill = String(repeating: " ", count: max(0, width - s.count))
+        return left ? s + fill : fill + s
+    }
 }

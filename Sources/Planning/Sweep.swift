@@ -76,7 +76,7 @@ public struct Sweep: Sendable {
             return s
         }
         func path(_ p: String) -> String {
-            p.hasPrefix("/") ? p : directory + "/" + p
+            URL(fileURLWithPath: p, relativeTo: URL(fileURLWithPath: directory, isDirectory: true)).standardized.path
         }
         guard let basePath = try string(.baseConfig) else { throw GPT2DistError(.config, "\(source): missing \"base_config\"") }
         base = try GPT2Config.load(path: path(basePath))
@@ -111,7 +111,24 @@ public struct Sweep: Sendable {
         for depth in depths where (widthPerDepth * depth) % headSize != 0 {
             throw bad(.headSize, "a divisor of every width: depth \(depth) has width \(widthPerDepth * depth)")
         }
+        var resolved = o
+        resolved[Key.baseConfig.rawValue] = .string(path(basePath))
+        resolved[Key.data.rawValue] = .string(data)
+        if let val { resolved[Key.val.rawValue] = .string(val) }
+        definition = resolved
         _ = try points()  // every budget buys at least one step of every size
+    }
+
+    /// The sweep as its file gave it, with its paths made absolute: `sweep run` keeps it as DIR/sweep.json, so
+    /// `sweep report DIR` and a later `sweep run` read the same sweep wherever they are started.
+    public let definition: [String: JSONValue]
+    public static let recordName = "sweep.json"
+
+    /// The keys whose values differ between two sweeps, other than the grid's `budgets` and `depths` (a sweep may
+    /// grow by budgets or depths; any other change would make its finished points a different experiment).
+    public func recipeDifferences(from other: Sweep) -> [String] {
+        Key.allCases.map(\.rawValue).filter { $0 != Key.budgets.rawValue && $0 != Key.depths.rawValue }
+            .filter { definition[$0] != other.definition[$0] }
     }
 
     /// The grid, budgets outer, depths inner.

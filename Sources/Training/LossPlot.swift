@@ -14,6 +14,8 @@ public enum LossPlot {
         public var color: String
         public var width = 1.5, opacity = 1.0
         public var dashed = false, markers = false
+        /// Markers only (`width` 0 draws no line); hollow circles stand out over filled ones.
+        public var markerRadius = 3.0, hollowMarkers = false
     }
 
     /// What the x axis counts.
@@ -25,9 +27,15 @@ public enum LossPlot {
 
     /// The chart: lines over axes fitted to their finite points, ticks at round values, a legend of the labelled
     /// lines (and `notes`, unmarked lines of text) in the upper right. `xTick` formats x tick values.
+    /// `xLog`, `yLog`: logarithmic axes (points at or below zero are left out; ticks at 1, 2 and 5 times powers of
+    /// ten, labelled with SI suffixes).
     public static func svg(lines: [Line], title: String, xLabel: String, yLabel: String = "loss (cross-entropy, nats)",
-                           notes: [String] = [], height: Double = 480,
+                           notes: [String] = [], height: Double = 480, xLog: Bool = false, yLog: Bool = false,
                            xTick: (Double, Double) -> String = { v, _ in String(format: "%.0f", v) }) -> String {
+        // Log axes: everything below works on log10 of the values, and only the tick labels go back.
+        func tx(_ x: Double) -> Double { xLog ? (x > 0 ? log10(x) : .nan) : x }
+        func ty(_ y: Double) -> Double { yLog ? (y > 0 ? log10(y) : .nan) : y }
+        let lines = lines.map { l in var l = l; l.xs = l.xs.map(tx); l.ys = l.ys.map(ty); return l }
         // The legend sits right of the plot, so no curve is ever hidden beneath it.
         let entries = lines.filter { $0.label != nil }, rows = entries.count + notes.count
         let legendWidth = rows == 0 ? 0 : 45 + Double((entries.compactMap(\.label) + notes).map(\.count).max() ?? 0) * 6.6
@@ -48,17 +56,19 @@ public enum LossPlot {
         <text x="\(w / 2)" y="22" text-anchor="middle" font-size="15">\(esc(title))</text>
 
         """
-        let yTicks = niceTicks(y0, y1), yDecimals = max(0, -Int(floor(log10(yTicks.step) + 1e-9)))
+        let yTicks = yLog ? logTicks(y0, y1) : niceTicks(y0, y1), yDecimals = max(0, -Int(floor(log10(yTicks.step) + 1e-9)))
         for yv in yTicks.values {
             let yy = py(yv)
+            let label = yLog ? Format.si(pow(10, yv)) : String(format: "%.*f", Int32(yDecimals), yv)
             s += String(format: "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", left, yy, left + pw, yy)
-            s += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">%.*f</text>\n", left - 6, yy + 4, Int32(yDecimals), yv)
+            s += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">", left - 6, yy + 4) + esc(label) + "</text>\n"
         }
-        let xTicks = niceTicks(x0, x1, integral: x1 - x0 >= 5)
+        let xTicks = xLog ? logTicks(x0, x1) : niceTicks(x0, x1, integral: x1 - x0 >= 5)
         for xv in xTicks.values {
             let xx = px(xv)
+            let label = xLog ? Format.si(pow(10, xv)) : xTick(xv, xTicks.step)
             s += String(format: "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", xx, top, xx, top + ph)
-            s += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">", xx, top + ph + 18) + esc(xTick(xv, xTicks.step)) + "</text>\n"
+            s += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">", xx, top + ph + 18) + esc(label) + "</text>\n"
         }
         s += String(format: "<rect x=\"%.1f\" y=\"%.1f\" width=\"%.1f\" height=\"%.1f\" fill=\"none\" stroke=\"black\"/>\n", left, top, pw, ph)
         s += "<text x=\"\(left + pw / 2)\" y=\"\(h - 12)\" text-anchor=\"middle\">\(esc(xLabel))</text>\n"
@@ -66,11 +76,16 @@ public enum LossPlot {
         for line in lines {
             let pts = zip(line.xs, line.ys).filter { $0.0.isFinite && $0.1.isFinite }
             guard !pts.isEmpty else { continue }
+            if line.width > 0 {
             let d = pts.enumerated().map { i, p in String(format: "%@%.1f,%.1f", i == 0 ? "M" : "L", px(p.0), py(p.1)) }.joined(separator: " ")
             s += "<path d=\"\(d)\" fill=\"none\" stroke=\"\(line.color)\" stroke-width=\"\(line.width)\" stroke-opacity=\"\(line.opacity)\""
                 + (line.dashed ? " stroke-dasharray=\"6 4\"" : "") + "/>\n"
+            }
             if line.markers {
-                for (x, y) in pts { s += String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"3\" fill=\"%@\"/>\n", px(x), py(y), line.color) }
+                for (x, y) in pts {
+                    s += String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"%.1f\" fill=\"%@\"", px(x), py(y), line.markerRadius, line.color)
+                        + (line.hollowMarkers ? " fill-opacity=\"0\" stroke=\"\(line.color)\" stroke-width=\"2\"" : "") + "/>\n"
+                }
             }
         }
         // Legend: the labelled lines, then the notes.
@@ -80,8 +95,15 @@ public enum LossPlot {
                         lx, top, legendWidth, Double(rows) * 18 + 8)
             for (i, line) in entries.enumerated() {
                 let y = top + 14 + Double(i) * 18
-                s += "<line x1=\"\(lx + 8)\" y1=\"\(y)\" x2=\"\(lx + 33)\" y2=\"\(y)\" stroke=\"\(line.color)\" stroke-width=\"2\" stroke-opacity=\"\(max(line.opacity, 0.5))\""
-                    + (line.dashed ? " stroke-dasharray=\"6 4\"" : "") + "/><text x=\"\(lx + 40)\" y=\"\(y + 4)\">\(esc(line.label!))</text>\n"
+                if line.width > 0 {
+                    s += "<line x1=\"\(lx + 8)\" y1=\"\(y)\" x2=\"\(lx + 33)\" y2=\"\(y)\" stroke=\"\(line.color)\" stroke-width=\"2\" stroke-opacity=\"\(max(line.opacity, 0.5))\""
+                        + (line.dashed ? " stroke-dasharray=\"6 4\"" : "") + "/>"
+                }
+                if line.markers {
+                    s += "<circle cx=\"\(lx + 20.5)\" cy=\"\(y)\" r=\"\(line.markerRadius)\" fill=\"\(line.color)\""
+                        + (line.hollowMarkers ? " fill-opacity=\"0\" stroke=\"\(line.color)\" stroke-width=\"2\"" : "") + "/>"
+                }
+                s += "<text x=\"\(lx + 40)\" y=\"\(y + 4)\">\(esc(line.label!))</text>\n"
             }
             for (i, note) in notes.enumerated() {
                 s += "<text x=\"\(lx + 8)\" y=\"\(top + 18 + Double(entries.count + i) * 18)\" fill=\"#555\">\(esc(note))</text>\n"
@@ -123,6 +145,22 @@ public enum LossPlot {
             i += 1
         }
         return (values, step)
+    }
+
+    /// Ticks of a log10 axis (values are log10 of the data): the powers of ten inside [lo, hi], with 2 and 5 times
+    /// them while the axis spans less than three decades, or every 1-2-5 value when not even one power falls inside.
+    static func logTicks(_ lo: Double, _ hi: Double) -> (values: [Double], step: Double) {
+        guard hi > lo, lo.isFinite, hi.isFinite else { return ([lo], 1) }
+        let multiples: [Double] = hi - lo < 3 ? [1, 2, 5] : [1]
+        var values: [Double] = []
+        for k in Int(floor(lo))...Int(ceil(hi)) {
+            for m in multiples where (lo - 1e-9)...(hi + 1e-9) ~= Double(k) + log10(m) { values.append(Double(k) + log10(m)) }
+        }
+        if values.count < 2 {  // less than a factor of two: fall back to linear ticks, placed on the log axis
+            let linear = niceTicks(pow(10, lo), pow(10, hi))
+            values = linear.values.filter { $0 > 0 }.map(log10)
+        }
+        return (values, 1)
     }
 
     /// TensorBoard's smoothing: an exponential moving average with weight `alpha` on the past, debiased at the start

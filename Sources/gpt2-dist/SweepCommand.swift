@@ -2,6 +2,7 @@ import ArgumentParser
 import Checkpoint
 import Common
 import Data
+import Distributed
 import Foundation
 import GPT2
 import Machine
@@ -12,7 +13,7 @@ struct SweepCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "sweep",
         abstract: "Scaling-law sweeps (IsoFLOP grids): plan their cost, then run them.",
-        subcommands: [SweepPlan.self, SweepRun.self])
+        subcommands: [SweepPlan.self, SweepRun.self, SweepReportCommand.self])
 }
 
 struct SweepPlan: ParsableCommand {
@@ -33,6 +34,7 @@ struct SweepPlan: ParsableCommand {
     @Flag(help: "Time each size's forward and backward here (at the sweep's threads per rank).") var measure = false
     @Option(help: "Network bandwidth per node and direction, Gbit/s.") var networkGbps = 100.0
     @Option(help: "Memory per rank, GiB (default: this machine's memory / ranks per node).") var memoryGib: Double?
+    @Option(help: "Also write the rows as CSV (sweep report compares each point's time with it when it is DIR/plan.csv).") var csv: String?
 
     func run() throws {
         try runOrFail {
@@ -42,148 +44,128 @@ struct SweepPlan: ParsableCommand {
             guard nodes > 0, perNode > 0, gflopsPerRank > 0, networkGbps > 0 else {
                 throw GPT2DistError(.usage, "--nodes, --ranks-per-node, --gflops-per-rank and --network-gbps must be > 0")
             }
-            let ranks = nodes * perNode
-            guard sweep.batchSize % ranks == 0 else {
-                throw GPT2DistError(.usage, "the sweep's batch_size \(sweep.batchSize) is not divisible by \(ranks) ranks")
-            }
             let limit = (memoryGib.map { $0 * 1_073_741_824 }) ?? Double(ProcessInfo.processInfo.physicalMemory) / Double(perNode)
             let dataTokens = try TokenDataset(spec: sweep.data, vocabSize: sweep.base.vocabSize, preferring: "train").count
             if measure { Runtime.setThreads(sweep.threads) }
             let model = ScalingModel(flopsPerRank: gflopsPerRank * 1e9, memoryBandwidthPerRank: 8e9, sharedMemoryBandwidth: 4e9,
                                      networkBandwidth: networkGbps * 1e9 / 8, latency: 5e-6)
             print("\(file): \(points.count) runs (\(sweep.budgets.count) budgets x \(sweep.depths.count) depths), batch \(sweep.batchSize) x "
-                  + "\(sweep.seqLen), \(ranks) rank(s) per run, \(measure ? "compute timed here (\(sweep.threads) thread(s))" : String(format: "%.0f GFLOP/s per rank", gflopsPerRank)); "
+                  + "\(sweep.seqLen), \(nodes * perNode) rank(s) per run, \(measure ? "compute timed here (\(sweep.threads) thread(s))" : String(format: "%.0f GFLOP/s per rank", gflopsPerRank)); "
                   + "training data \(dataTokens) tokens")
+            let rows = try SweepPrediction.predict(sweep, model: model, nodes: nodes, ranksPerNode: perNode, measure: measure,
+                                                   memoryLimit: limit, dataTokens: dataTokens)
             print("  run            depth  width  heads   params      tokens   steps       lr  memory/rank   step(s)    time  flags")
-            var total = 0.0, timelines: [Int: ScalingModel.Timeline] = [:]
-            for p in points {
-                let micro = sweep.batchSize / ranks
-                let act = Double(GPT2Graph(model: GPT2Model(config: p.config), batch: micro, seqLen: sweep.seqLen, mode: .train).activationBytes)
-                let memory = MemoryEstimate(config: p.config, microBatch: micro, seqLen: sweep.seqLen, ranks: ranks, zero: false,
-                                            recompute: false, activationBytes: Int(act)).rootTotal
-                if measure && timelines[p.depth] == nil && memory < limit {
-                    timelines[p.depth] = ScalingModel.Timeline.measure(config: p.config, microBatch: micro, seqLen: sweep.seqLen, recompute: false)
-                }
-                let step = model.step(config: p.config, seqLen: sweep.seqLen, microBatch: micro, accumulation: 1, nodes: nodes,
-                                      ranksPerNode: perNode, zero: false, activationBytes: act, timeline: timelines[p.depth]).total
-                let seconds = step * Double(p.steps)
-                total += seconds
-                var flags: [String] = []
-                if memory > limit { flags.append("does not fit in \(Format.bytes(limit))") }
-                let epochs = Double(p.tokens) / Double(dataTokens)
-                if epochs > sweep.maxEpochs { flags.append(String(format: "%.1f epochs > max_epochs %g", epochs, sweep.maxEpochs)) }
-                print(String(format: "  %-13@ %5d  %5d  %5d  %7@  %10d  %6d  %7.2e  %11@  %8.3f  %6@  %@", p.name, p.depth, p.config.embDim,
-                             p.config.nHeads, Format.si(Double(p.parameters)), p.tokens, p.steps, p.lr, Format.bytes(memory), step,
-                             Format.duration(seconds), flags.joined(separator: "; ")))
+            for (p, r) in rows {
+                print("  " + Format.column(p.name, 13, left: true) + String(format: " %5d  %5d  %5d  ", p.depth, p.config.embDim, p.config.nHeads)
+                      + Format.column(Format.si(Double(p.parameters)), 7) + String(format: "  %10d  %6d  %7.2e  ", p.tokens, p.steps, p.lr)
+                      + Format.column(Format.bytes(r.memoryBytes), 11) + String(format: "  %8.3f  ", r.stepSeconds)
+                      + Format.column(Format.duration(r.seconds), 6) + "  " + r.flags.joined(separator: "; "))
+            }
+            let total = rows.reduce(0) { $0 + $1.prediction.seconds }
+            if let csv {
+                try AtomicFile.write(text: ([SweepPrediction.csvHeader] + rows.map { $1.csvRow($0) }).joined(separator: "\n") + "\n", to: csv)
+                print("  wrote \(csv)")
             }
             print("  total predicted: \(Format.duration(total)) (one run after another)")
         }
     }
 }
 
-/// The child trainer of `sweep run`, for the signal handlers (which cannot capture).
-nonisolated(unsafe) private var sweepChild: pid_t = 0
-
 struct SweepRun: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "run",
-        abstract: "Run every point of a sweep, one after another, each a normal run directory DIR/POINT.",
+        abstract: "Run every point of a sweep, each a normal run directory DIR/POINT.",
         discussion: """
-        --launcher local runs `gpt2-dist train` itself (the sweep's ranks must be 1); mpirun runs it under \
-        `mpirun -np RANKS`. Run again, it skips finished points and resumes interrupted ones from their \
-        checkpoints. Ctrl-C (or SIGTERM) reaches the running point, which stops after its step with a checkpoint, \
-        and the sweep stops with it (exit 130). Each point trains with WSD, the sweep's learning-rate rule, a \
-        checkpoint every quarter of its steps and a validation at its end.
+        --launcher local runs `gpt2-dist train` itself, one point after another (the sweep's ranks must be 1); \
+        mpirun runs each under `mpirun -np RANKS`; slurm submits one job per point through Launch/slurm.sbatch \
+        (its time-limit requeue and resume included; --sbatch-arg adds sbatch options) and waits for them. Run \
+        again, it skips finished points and resumes interrupted ones from their checkpoints (a point whose job is \
+        still queued is not submitted twice). Ctrl-C (or SIGTERM) stops the running point after its step with a \
+        checkpoint (under slurm: cancels the sweep's jobs, whose running points checkpoint), and the sweep stops with \
+        it (exit 130). Each point trains with WSD, the sweep's learning-rate rule, a checkpoint every quarter of its \
+        steps and a validation at its end. DIR/sweep.json keeps the sweep for `sweep report DIR`.
           gpt2-dist sweep run Configs/sweep-tiny.json --out runs/sweep-tiny
         """)
     @Argument(help: "Sweep file.") var file: String
     @Option(help: "Directory of the sweep's runs.") var out: String
-    @Option(help: "local or mpirun.") var launcher = "local"
+    @Option(help: "local, mpirun or slurm.") var launcher = "local"
+    @Option(help: "slurm: the batch script (default: Launch/slurm.sbatch of this repository).") var sbatchScript: String?
+    @Option(help: "slurm: an option for sbatch, e.g. --sbatch-arg=--partition=cpu (repeatable).") var sbatchArg: [String] = []
+    @Flag(help: "slurm: submit and return without waiting for the jobs.") var detach = false
 
     func run() throws {
-        var interrupted = false
+        var outcome = SweepRunner.Outcome.finished
         try runOrFail {
             let sweep = try Sweep.load(path: file)
-            let points = try sweep.points()
-            guard ["local", "mpirun"].contains(launcher) else {
-                throw GPT2DistError(.usage, "--launcher must be local or mpirun, got \(launcher)")
+            guard let kind = SweepRunner.Launcher(rawValue: launcher) else {
+                throw GPT2DistError(.usage, "--launcher must be local, mpirun or slurm, got \(launcher)")
             }
-            if launcher == "local" && sweep.ranks != 1 {
-                throw GPT2DistError(.usage, "--launcher local runs one process: the sweep's ranks is \(sweep.ranks) (use --launcher mpirun)")
+            if kind == .local && sweep.ranks != 1 {
+                throw GPT2DistError(.usage, "--launcher local runs one process: the sweep's ranks is \(sweep.ranks) (use --launcher mpirun or slurm)")
             }
-            let mpirun = launcher == "mpirun" ? findOnPath("mpirun") : nil
-            if launcher == "mpirun" && mpirun == nil { throw GPT2DistError(.usage, "--launcher mpirun: no mpirun on PATH") }
-            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            let mpirun = findOnPath("mpirun")
+            if kind == .mpirun && mpirun == nil { throw GPT2DistError(.usage, "--launcher mpirun: no mpirun on PATH") }
+            if kind == .slurm && findOnPath("sbatch") == nil { throw GPT2DistError(.usage, "--launcher slurm: no sbatch on PATH") }
             let binary = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]
-            // A signal to the sweep goes on to the running point, which stops after its step with a checkpoint. Ctrl-C
-            // already reaches mpirun with the terminal's process group, and a second SIGINT would make it abort: only
-            // the local launcher passes SIGINT on (the trainer takes it twice as once).
-            var unblock = sigset_t()
-            sigemptyset(&unblock); sigaddset(&unblock, SIGTERM); sigaddset(&unblock, SIGINT)
-            sigprocmask(SIG_UNBLOCK, &unblock, nil)  // a launcher may have started us with them blocked (the points inherit it)
-            signal(SIGTERM) { s in if sweepChild > 0 { kill(sweepChild, s) } }
-            if launcher == "local" { signal(SIGINT) { s in if sweepChild > 0 { kill(sweepChild, s) } } } else { signal(SIGINT, SIG_IGN) }
-            let started = Date()
-            var doneFLOPs = 0.0, ranFLOPs = 0.0
-            let totalFLOPs = points.reduce(0) { $0 + $1.budget }
-            for (i, p) in points.enumerated() {
-                let dir = out + "/" + p.name
-                if let status = try? RunStatus.read(runDirectory: dir), status.state == .finished, status.step >= p.steps {
-                    print("sweep: \(i + 1)/\(points.count) \(p.name): finished already")
-                    doneFLOPs += p.budget
-                    continue
-                }
-                try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-                let configPath = dir + "/model.json"
-                try p.config.jsonString.write(toFile: configPath, atomically: true, encoding: .utf8)
-                let resuming = !TrainCheckpoint.list(directory: dir).isEmpty
-                let elapsed = Date().timeIntervalSince(started)
-                let eta = ranFLOPs > 0 ? Format.duration(elapsed / ranFLOPs * (totalFLOPs - doneFLOPs)) : "?"
-                print("sweep: \(i + 1)/\(points.count) \(p.name) (\(Format.si(Double(p.parameters))) parameters, \(p.steps) steps\(resuming ? ", resuming" : ""); ETA \(eta))")
-                let args = trainArguments(sweep, p, config: configPath, out: dir, resume: resuming)
-                let process = Process()
-                if let mpirun {
-                    process.executableURL = URL(fileURLWithPath: mpirun)
-                    process.arguments = ["-np", String(sweep.ranks)] + (getuid() == 0 ? ["--allow-run-as-root"] : []) + [binary] + args
-                } else {
-                    process.executableURL = URL(fileURLWithPath: binary)
-                    process.arguments = args
-                }
-                try process.run()
-                sweepChild = process.processIdentifier
-                process.waitUntilExit()
-                sweepChild = 0
-                let status = try? RunStatus.read(runDirectory: dir)
-                if status?.state == .stopped {
-                    print("sweep: stopped during \(p.name) at step \(status?.step ?? 0) (checkpoint kept); run the same command again to resume")
-                    interrupted = true
-                    return
-                }
-                guard process.terminationStatus == 0, status?.state == .finished else {
-                    throw GPT2DistError(.training, "sweep point \(p.name) failed (exit \(process.terminationStatus)): see \(dir)/status.json")
-                }
-                doneFLOPs += p.budget; ranFLOPs += p.budget
+            let script = try kind == .slurm ? sbatchScript ?? defaultScript(binary: binary) : ""
+            if kind == .slurm && !FileManager.default.isReadableFile(atPath: script) {
+                throw GPT2DistError(.usage, "--sbatch-script: cannot read \(script)")
             }
-            print("sweep: all \(points.count) points finished in \(out) (\(Format.duration(Date().timeIntervalSince(started))))")
+            let runner = try SweepRunner(sweep: sweep, out: out, binary: binary)
+            switch kind {
+            case .local, .mpirun: outcome = try runner.runHere(mpirun: kind == .mpirun ? mpirun : nil)
+            case .slurm:
+                outcome = try runner.runOnSlurm(script: URL(fileURLWithPath: script).standardized.path, sbatchArguments: sbatchArg, detach: detach)
+            }
         }
-        if interrupted { throw ExitCode(130) }
+        if outcome == .stopped { throw ExitCode(130) }
     }
 
-    /// The train flags of one point: its model, budget and learning rate, and the sweep's recipe.
-    func trainArguments(_ sweep: Sweep, _ p: Sweep.Point, config: String, out: String, resume: Bool) -> [String] {
-        var a = ["train", "--config", config, "--data", sweep.data, "--out", out, "--steps", String(p.steps),
-                 "--batch-size", String(sweep.batchSize), "--seq-len", String(sweep.seqLen), "--lr", String(p.lr),
-                 "--min-lr", String(p.lr * sweep.minLrFraction), "--lr-schedule", "wsd", "--decay-fraction", String(sweep.decayFraction),
-                 "--warmup-steps", String(min(sweep.warmupSteps, p.steps - 1)), "--seed", String(sweep.seed), "--threads", String(sweep.threads),
-                 "--ckpt-every", String(max(1, p.steps / 4)), "--keep-checkpoints", "1"]
-        if let val = sweep.val { a += ["--val", val, "--eval-every", String(p.steps), "--eval-batches", "8"] }
-        if let task = sweep.task { a += ["--task", task, "--task-every", "0"] + (sweep.taskLimit.map { ["--task-limit", String($0)] } ?? []) }
-        if resume { a.append("--resume") }
-        return a
+    /// Launch/slurm.sbatch of the current directory, or of the repository the binary was built in.
+    func defaultScript(binary: String) throws -> String {
+        let exe = URL(fileURLWithPath: binary).deletingLastPathComponent()
+        let candidates = ["Launch/slurm.sbatch"] + [2, 3].map { up in
+            (0..<up).reduce(exe) { u, _ in u.deletingLastPathComponent() }.appendingPathComponent("Launch/slurm.sbatch").path
+        }
+        guard let found = candidates.first(where: { FileManager.default.fileExists(atPath: $0) }) else {
+            throw GPT2DistError(.usage, "--launcher slurm: cannot find Launch/slurm.sbatch (give --sbatch-script)")
+        }
+        return found
     }
+}
 
-    func findOnPath(_ name: String) -> String? {
-        (ProcessInfo.processInfo.environment["PATH"] ?? "").split(separator: ":").map { $0 + "/" + name }
-            .first { FileManager.default.isExecutableFile(atPath: $0) }
+struct SweepReportCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "report",
+        abstract: "Evaluate a sweep's finished points and fit the compute-optimal law (Chinchilla approach 2).",
+        discussion: """
+        Each finished point's final checkpoint is evaluated on the whole validation split (and on the sweep's task, \
+        when it has one); the result is kept in DIR/POINT/final_eval.json, so a second report only evaluates what is \
+        new. For each budget a parabola of loss in ln N gives N_opt(C) and L(N_opt); N_opt ∝ C^a and D_opt ∝ C^b \
+        (D = C / 6N) are fitted across budgets, with 95% bootstrap intervals. Writes DIR/sweep.csv, DIR/isoflop.svg \
+        and DIR/law.svg and prints the table; unfinished points are named and left out. Under mpirun the \
+        evaluations are split over the ranks.
+          gpt2-dist sweep report runs/sweep-tiny
+        """)
+    @Argument(help: "Directory of `gpt2-dist sweep run`.") var directory: String
+    @Option(help: "The task's file (default: data/eval/TASK/requests.jsonl.gz).") var taskFile: String?
+    @Option(help: "GPT-2 vocabulary for the task (gpt2.tiktoken or a directory with it).") var vocab = "data/gpt2"
+    @OptionGroup var compute: ComputeOptions
+
+    func run() throws {
+        let comm = Communicator.initialize()
+        defer { comm.finalize() }
+        _ = try compute.applyOrExit()
+        try runOrFail {
+            let report = try SweepReport(directory: directory, taskFile: taskFile, vocab: vocab, comm: comm) { if comm.isRoot { print($0) } }
+            guard comm.isRoot else { return }
+            let files = try report.write()
+            print(report.text, terminator: "")
+            print("wrote " + files.joined(separator: ", "))
+            let unfinished = report.rows.filter { $0.unfinished != nil }
+            if !unfinished.isEmpty {
+                print("unfinished (left out): " + unfinished.map { "\($0.point.name) (\($0.unfinished!))" }.joined(separator: ", "))
+            }
+        }
     }
 }

@@ -111,9 +111,14 @@ public final class CausalSelfAttentionOp: Op {
                 let v = qkv.data + b * T * C3 + h * hs + 2 * C
                 let p = scratch + w * 3 * T * T
                 scores(item, into: p)
+                let packed = context.packedRows
                 for i in 0..<T {
                     let row = p + i * T
+                    // Packed rows: keys between the shared prefix and the position's own segment are not its.
+                    let hidden = packed.map { Int($0.prefixEnd[b * T + i])..<max(Int($0.prefixEnd[b * T + i]), Int($0.segmentStart[b * T + i])) }
+                    if let hidden { for j in hidden { row[j] = -.infinity } }
                     lse[item * T + i] = Kernels.softmax(row, i + 1)
+                    if let hidden { for j in hidden { row[j] = 0 } }  // (exp is clamped, not zero, at -inf)
                     for j in (i + 1)..<T { row[j] = 0 }
                 }
                 var pUsed = p
@@ -133,6 +138,7 @@ public final class CausalSelfAttentionOp: Op {
     }
 
     public func backward() {
+        precondition(context.packedRows == nil, "packed rows are for evaluation: no backward")
         let T = seqLen, C = channels, hs = headSize, C3 = 3 * C
         let scale = 1 / Float(hs).squareRoot()
         let dqkv = qkv.grad!, dout = out.grad!

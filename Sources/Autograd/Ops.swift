@@ -112,18 +112,22 @@ public final class EmbeddingOp: Op {
     /// token ids in `tokens`) itself, so wte's dense gradient is final as soon as the output head's backward ends.
     public var defersTokenGradient = false
 
-    public init(tokens: TokenBuffer, wte: Tensor, wpe: Tensor, out: Tensor, batch: Int, seqLen: Int) {
+    /// Where packed rows (`StepContext.packedRows`) give positions their ids.
+    let context: StepContext?
+
+    public init(tokens: TokenBuffer, wte: Tensor, wpe: Tensor, out: Tensor, batch: Int, seqLen: Int, context: StepContext? = nil) {
         precondition(tokens.count >= batch * seqLen && wpe.shape[0] >= seqLen && out.count == batch * seqLen * wte.shape[1])
         self.tokens = tokens; self.wte = wte; self.wpe = wpe; self.out = out
-        self.batch = batch; self.seqLen = seqLen; channels = wte.shape[1]
+        self.batch = batch; self.seqLen = seqLen; channels = wte.shape[1]; self.context = context
     }
 
     public func forward() {
         let C = channels, T = seqLen
+        let ids = context?.packedRows?.positionIDs
         Parallel.chunks(batch * T, costPerItem: C) { _, rows in
             for r in rows {
                 let tok = Int(tokens.pointer[r])
-                let e = wte.data + tok * C, p = wpe.data + (r % T) * C, o = out.data + r * C
+                let e = wte.data + tok * C, p = wpe.data + (ids.map { Int($0[r]) } ?? r % T) * C, o = out.data + r * C
                 var i = 0
                 while i + 8 <= C { store(load(e + i) + load(p + i), o + i); i += 8 }
                 while i < C { o[i] = e[i] + p[i]; i += 1 }
@@ -132,6 +136,7 @@ public final class EmbeddingOp: Op {
     }
 
     public func backward() {
+        precondition(context?.packedRows == nil, "packed rows are for evaluation: no backward")
         // Threads own disjoint channel ranges, so repeated tokens never race.
         let C = channels, T = seqLen, N = batch * seqLen
         let dwte = wte.grad!, dwpe = wpe.grad!, dout = out.grad!

@@ -17,7 +17,49 @@ public final class StepContext: @unchecked Sendable {
     /// Global index of this micro-batch's first row within the optimizer step's batch.
     public var rowOffset: Int = 0
     public var training = false
+    /// Rows that pack a shared prefix with several continuations (multiple-choice scoring); nil: plain causal rows.
+    public var packedRows: PackedRows?
     public init() {}
+}
+
+/// Several sequences that share a prefix, packed in one row as [prefix | continuation 1 | continuation 2 | ...], so
+/// the prefix is computed once for all of them: a continuation's positions see the prefix and their own
+/// continuation's earlier positions, not the other continuations, and their position ids go on from the prefix's.
+/// Per position of a batch x seqLen graph: its position id (the row of wpe it adds), and the keys it attends to,
+/// [0, prefixEnd) and [segmentStart, itself]. A plain causal position has id t and prefixEnd = segmentStart = 0.
+/// Forward only (evaluation): the ops' backward refuses packed rows.
+public final class PackedRows: @unchecked Sendable {
+    public let batch: Int, seqLen: Int
+    public let positionIDs: UnsafeMutablePointer<Int32>, prefixEnd: UnsafeMutablePointer<Int32>, segmentStart: UnsafeMutablePointer<Int32>
+
+    public init(batch: Int, seqLen: Int) {
+        self.batch = batch; self.seqLen = seqLen
+        positionIDs = .allocate(capacity: batch * seqLen)
+        prefixEnd = .allocate(capacity: batch * seqLen)
+        segmentStart = .allocate(capacity: batch * seqLen)
+        for r in 0..<batch { setPlain(row: r) }
+    }
+    deinit { positionIDs.deallocate(); prefixEnd.deallocate(); segmentStart.deallocate() }
+
+    /// Row `r` as a plain causal sequence.
+    public func setPlain(row r: Int) {
+        for t in 0..<seqLen { positionIDs[r * seqLen + t] = Int32(t); prefixEnd[r * seqLen + t] = 0; segmentStart[r * seqLen + t] = 0 }
+    }
+
+    /// Row `r` as a prefix of `prefixLength` positions followed by segments of `segmentLengths` positions (the rest
+    /// of the row plain, for padding).
+    public func set(row r: Int, prefixLength: Int, segmentLengths: [Int]) {
+        precondition(prefixLength + segmentLengths.reduce(0, +) <= seqLen)
+        setPlain(row: r)
+        var start = prefixLength
+        for n in segmentLengths {
+            for k in 0..<n {
+                let i = r * seqLen + start + k
+                positionIDs[i] = Int32(prefixLength + k); prefixEnd[i] = Int32(prefixLength); segmentStart[i] = Int32(start)
+            }
+            start += n
+        }
+    }
 }
 
 /// The recorded program: ops in execution order over an arena of activations.

@@ -64,6 +64,15 @@ public final class GPT2Graph {
 
     /// Backward leaves the token embedding's rows out of wte's gradient (see `EmbeddingOp.defersTokenGradient`);
     /// the caller adds them from `inputs` and `embeddingGradient`. Needed to reduce wte while backward still runs.
+    /// Rows packing a shared prefix with several continuations (see `PackedRows`), for scoring; nil: plain rows.
+    public var packedRows: PackedRows? {
+        get { tape.context.packedRows }
+        set {
+            precondition(newValue == nil || (mode != .train && newValue!.batch == batch && newValue!.seqLen == seqLen))
+            tape.context.packedRows = newValue
+        }
+    }
+
     public var defersTokenGradient: Bool {
         get { embedding.defersTokenGradient }
         set { embedding.defersTokenGradient = newValue }
@@ -96,7 +105,7 @@ public final class GPT2Graph {
         // Each op that uses parameters completes, in backward, the gradient region of the same name.
         let region = cfg.gradientRegionIndex
         var x = act([B, T, C])
-        embedding = EmbeddingOp(tokens: inputs, wte: p.tensor("wte"), wpe: p.tensor("wpe"), out: x, batch: B, seqLen: T)
+        embedding = EmbeddingOp(tokens: inputs, wte: p.tensor("wte"), wpe: p.tensor("wpe"), out: x, batch: B, seqLen: T, context: ctx)
         tape.record(embedding, name: "embedding", completesRegion: region["wpe"])
         if drop > 0 && mode == .train {
             let y = act(x.shape)

@@ -76,7 +76,7 @@ public struct Sweep: Sendable {
             return s
         }
         func path(_ p: String) -> String {
-            URL(fileURLWithPath: p, relativeTo: URL(fileURLWithPath: directory, isDirectory: true)).standardized.path
+            URL(fileURLWithPath: p, relativeTo: URL(fileURLWithPath: directory, isDirectory: true)).absoluteURL.standardized.path
         }
         guard let basePath = try string(.baseConfig) else { throw GPT2DistError(.config, "\(source): missing \"base_config\"") }
         base = try GPT2Config.load(path: path(basePath))

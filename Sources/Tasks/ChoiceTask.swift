@@ -12,6 +12,11 @@ public struct ChoiceItem: Sendable, Equatable {
     /// Each continuation's length in characters (acc_norm divides the log-likelihood by it).
     public let continuationCharacters: [Int]
     public let gold: Int
+
+    public init(id: Int, context: [Int32], continuations: [[Int32]], continuationCharacters: [Int], gold: Int) {
+        self.id = id; self.context = context; self.continuations = continuations
+        self.continuationCharacters = continuationCharacters; self.gold = gold
+    }
 }
 
 /// The benchmarks `eval --task` and `train --task` know, with where their file lies under the data directory.

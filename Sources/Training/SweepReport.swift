@@ -32,19 +32,32 @@ public struct SweepReport {
     /// A point's final evaluation, kept in its run directory so a second report does not evaluate again.
     struct FinalEvaluation: Codable, Equatable {
         var checkpoint: String, valLoss: Double, valTokens: Int
-        var task: String?, acc: Double?, accNorm: Double?, taskItems: Int?
+        var task: String?, taskLimit: Int?, acc: Double?, accNorm: Double?, taskItems: Int?
         static let fileName = "final_eval.json"
     }
 
-    /// Evaluates what needs evaluating (ranks of `comm` split each evaluation) and fits. `taskFile` and `vocab`:
-    /// where the sweep's task and the GPT-2 vocabulary are.
-    public init(directory: String, taskFile: String?, vocab: String, comm: Communicator, say: (String) -> Void) throws {
+    /// The benchmark scored at each point: the sweep's, or one the report was asked for.
+    public let task: String?, taskLimit: Int?
+
+    /// Evaluates what needs evaluating (ranks of `comm` split each evaluation) and fits. `task` and `taskLimit`:
+    /// a benchmark to score instead of the sweep's own (nil: the sweep's); `taskFile` and `vocab`: where the task and
+    /// the GPT-2 vocabulary are.
+    public init(directory: String, task: String? = nil, taskLimit: Int? = nil, taskFile: String?, vocab: String, comm: Communicator,
+                say: (String) -> Void) throws {
         self.directory = directory
         let record = directory + "/" + Sweep.recordName
         guard FileManager.default.fileExists(atPath: record) else {
             throw GPT2DistError(.usage, "\(directory) has no \(Sweep.recordName): not a directory of `gpt2-dist sweep run`")
         }
         sweep = try Sweep.load(path: record)
+        self.task = task ?? sweep.task
+        self.taskLimit = task == nil ? sweep.taskLimit : taskLimit
+        if let n = self.taskLimit, n <= 0 { throw GPT2DistError(.usage, "--task-limit must be a positive integer, got \(n)") }
+        let taskName = self.task, limit = self.taskLimit
+        let benchmark = try taskName.map(ChoiceTask.named)
+        if benchmark != nil && sweep.base.vocabSize != GPT2Tokenizer.vocabularySize {
+            throw GPT2DistError(.usage, "--task needs models with GPT-2's vocabulary (vocab_size \(GPT2Tokenizer.vocabularySize)); this sweep's have \(sweep.base.vocabSize)")
+        }
         guard let valSpec = sweep.val else {
             throw GPT2DistError(.config, "\(record): the sweep has no \"val\": report fits validation losses")
         }
@@ -68,20 +81,19 @@ public struct SweepReport {
             }
             let cachePath = dir + "/" + FinalEvaluation.fileName
             var result = (try? Data(contentsOf: URL(fileURLWithPath: cachePath))).flatMap { try? Self.decoder.decode(FinalEvaluation.self, from: $0) }
-            if result?.checkpoint != checkpoint || result?.task != sweep.task { result = nil }
+            if result?.checkpoint != checkpoint || result?.task != taskName || (taskName != nil && result?.taskLimit != limit) { result = nil }
             if result == nil {
                 let evaluation = try Evaluation(checkpoint: dir + "/" + checkpoint)
                 if val == nil { val = try TokenDataset(spec: valSpec, vocabSize: sweep.base.vocabSize, preferring: "val") }
                 let started = Runtime.now()
                 let loss = try evaluation.run(tokens: val!, batchSize: sweep.batchSize, seqLen: sweep.seqLen, batches: 0, baselines: nil, comm: comm)
                 var r = FinalEvaluation(checkpoint: checkpoint, valLoss: loss.loss, valTokens: loss.batches * sweep.batchSize * sweep.seqLen)
-                if let name = sweep.task {
-                    let task = try ChoiceTask.named(name)
+                if let benchmark {
                     if items == nil {
-                        items = try task.load(path: taskFile ?? "data/" + task.relativePath, tokenizer: try loadTokenizer(vocab), limit: sweep.taskLimit)
+                        items = try benchmark.load(path: taskFile ?? "data/" + benchmark.relativePath, tokenizer: try loadTokenizer(vocab), limit: limit)
                     }
                     let scored = ChoiceScorer(model: evaluation.model, rows: sweep.batchSize).score(items!, comm: comm)
-                    r.task = name; r.acc = scored.acc; r.accNorm = scored.accNorm; r.taskItems = scored.items
+                    r.task = benchmark.rawValue; r.taskLimit = limit; r.acc = scored.acc; r.accNorm = scored.accNorm; r.taskItems = scored.items
                 }
                 if comm.isRoot { try AtomicFile.write(text: String(decoding: try Self.encoder.encode(r), as: UTF8.self) + "\n", to: cachePath) }
                 say(String(format: "sweep report: %@ evaluated: val loss %.4f over %d tokens%@ (%.1f s)", p.name, r.valLoss, r.valTokens,
@@ -114,8 +126,8 @@ public struct SweepReport {
     /// One line per point, unfinished ones with empty results.
     public var csv: String {
         func f(_ v: Double?, _ format: String = "%.6g") -> String { v.map { String(format: format, $0) } ?? "" }
-        let header = "name,budget_flops,depth,width,heads,parameters,tokens,steps,lr,val_loss,\(sweep.task ?? "task")_acc,"
-            + "\(sweep.task ?? "task")_acc_norm,train_seconds,predicted_seconds,state"
+        let header = "name,budget_flops,depth,width,heads,parameters,tokens,steps,lr,val_loss,\(task ?? "task")_acc,"
+            + "\(task ?? "task")_acc_norm,train_seconds,predicted_seconds,state"
         return ([header] + rows.map { r in
             let p = r.point
             return [p.name, String(format: "%.6g", p.budget), String(p.depth), String(p.config.embDim), String(p.config.nHeads),
@@ -127,13 +139,13 @@ public struct SweepReport {
     /// The table and the fit, as printed.
     public var text: String {
         var s = "sweep \(directory): \(finished.count) of \(rows.count) points finished; validation loss over the whole split\n"
-        let task = sweep.task.map { " \($0)_acc_norm" } ?? ""
-        s += "  run            params      tokens   steps  val loss\(task)   trained  predicted\n"
+        let taskColumn = task.map { " \($0)_acc_norm" } ?? ""
+        s += "  run            params      tokens   steps   val loss\(taskColumn)   trained  predicted\n"
         for r in rows {
             let p = r.point
             let measured = r.trainSeconds.map(Format.duration) ?? "", predicted = r.predictedSeconds.map(Format.duration) ?? ""
             let result = r.valLoss.map { String(format: "%9.4f", $0) } ?? "        -"
-            let acc = sweep.task == nil ? "" : r.accNorm.map { String(format: "  %18.4f", $0) } ?? "                   -"
+            let acc = task == nil ? "" : Format.column(r.accNorm.map { String(format: "%.4f", $0) } ?? "-", taskColumn.count)
             s += "  " + Format.column(p.name, 13, left: true) + " " + Format.column(Format.si(Double(p.parameters)), 7)
                 + String(format: "  %10d  %6d  ", p.tokens, p.steps) + result + acc + "  " + Format.column(measured, 8) + "  "
                 + Format.column(predicted, 9) + (r.unfinished.map { "  (\($0))" } ?? "") + "\n"

@@ -148,6 +148,8 @@ struct SweepReportCommand: ParsableCommand {
           gpt2-dist sweep report runs/sweep-tiny
         """)
     @Argument(help: "Directory of `gpt2-dist sweep run`.") var directory: String
+    @Option(help: "Score this benchmark (hellaswag) at every point, instead of the sweep's own task.") var task: String?
+    @Option(help: "With --task: only the first N items.") var taskLimit: Int?
     @Option(help: "The task's file (default: data/eval/TASK/requests.jsonl.gz).") var taskFile: String?
     @Option(help: "GPT-2 vocabulary for the task (gpt2.tiktoken or a directory with it).") var vocab = "data/gpt2"
     @OptionGroup var compute: ComputeOptions
@@ -157,7 +159,7 @@ struct SweepReportCommand: ParsableCommand {
         defer { comm.finalize() }
         _ = try compute.applyOrExit()
         try runOrFail {
-            let report = try SweepReport(directory: directory, taskFile: taskFile, vocab: vocab, comm: comm) { if comm.isRoot { print($0) } }
+            let report = try SweepReport(directory: directory, task: task, taskLimit: taskLimit, taskFile: taskFile, vocab: vocab, comm: comm) { if comm.isRoot { print($0) } }
             guard comm.isRoot else { return }
             let files = try report.write()
             print(report.text, terminator: "")

@@ -3,7 +3,7 @@ import Foundation
 import GPT2
 import Tasks
 import Testing
-import Training
+@testable import Training
 
 /// HellaSwag as lm-evaluation-harness scores it, against transformers on a small GPT-2 with GPT-2's vocabulary
 /// (Tests/Fixtures/make_hellaswag_fixtures.py: 250 items, rows longer than its 64 positions cut from the left), and
@@ -32,6 +32,27 @@ import Training
         }
         let limited = try ChoiceTask.hellaswag.load(path: Self.dir + "/requests.jsonl.gz", tokenizer: tokenizer, limit: 10)
         #expect(limited == Array(items.prefix(10)))
+    }
+
+    /// An item whose context and endings fit in one row is scored as one packed row (the context computed once):
+    /// the same log-likelihoods as one row per ending (the path checked against transformers above), alone and
+    /// batched with rows that do not fit.
+    @Test func packedItemsScoreAsOneRowPerEnding() throws {
+        guard let tokenizer = try loadVocabulary() else { return }
+        let model = try HuggingFace.load(directory: Self.dir + "/hf")
+        let items = try ChoiceTask.hellaswag.load(path: Self.dir + "/requests.jsonl.gz", tokenizer: tokenizer, limit: 40)
+        let short = items.map { item in
+            ChoiceItem(id: item.id, context: Array(item.context.suffix(20)), continuations: item.continuations.map { Array($0.prefix(8)) },
+                       continuationCharacters: item.continuationCharacters, gold: item.gold)
+        }
+        let scorer = ChoiceScorer(model: model, rows: 5)
+        #expect(short.allSatisfy { scorer.packedRow($0, firstSum: 0) != nil } && items.contains { scorer.packedRow($0, firstSum: 0) == nil })
+        let mixed = zip(short, items).flatMap { [$0, $1] }
+        for set in [short, mixed] {
+            let packed = scorer.logLikelihoods(set), plain = scorer.logLikelihoods(set, packing: false)
+            let worst = zip(packed.joined(), plain.joined()).map { abs($0 - $1) / max(1, abs($1)) }.max()!
+            #expect(worst < 2e-6, "packed vs one row per ending: \(worst) (relative)")
+        }
     }
 
     /// The counts of `eval --task` through the release binary do not depend on the rank count; bad input is one line.

@@ -45,4 +45,24 @@ struct ScalingLawTests {
         #expect(ScalingLaw.fit(one) == nil)
         #expect(ScalingLaw.fit(Array(one.prefix(2)) + falling.map { .init(budget: 1e20, parameters: $0.parameters, loss: $0.loss) }) == nil)
     }
+
+    /// Chinchilla's own runs (Epoch AI's extraction from the paper's Figure 4; Tests/Fixtures/chinchilla/README.md),
+    /// grouped by the nearest of its nine IsoFLOP budgets: the fit lands inside the interval the paper gives for
+    /// approach 2 (Table 2: a = 0.49, 0.462 to 0.534; b = 0.51, 0.483 to 0.529).
+    @Test func chinchillasOwnRunsGiveItsApproach2Exponent() throws {
+        let text = try String(contentsOfFile: fixtures + "/chinchilla/isoflop-runs.csv", encoding: .utf8)
+        let budgets = [6e18, 1e19, 3e19, 6e19, 1e20, 3e20, 6e20, 1e21, 3e21]
+        var points: [ScalingLaw.Point] = []
+        for line in text.split(separator: "\n").dropFirst() {
+            let f = line.split(separator: ",").compactMap { Double($0) }
+            try #require(f.count == 3, "\(line)")
+            let nearest = budgets.min { abs(log(f[1] / $0)) < abs(log(f[1] / $1)) }!
+            if abs(log(f[1] / nearest)) < 0.1 { points.append(.init(budget: nearest, parameters: f[0], loss: f[2])) }
+        }
+        #expect(points.count > 120 && Set(points.map(\.budget)).count == 9)
+        let fit = try #require(ScalingLaw.fit(points, bootstrapSamples: 400))
+        #expect(fit.profiles.filter { $0.optimalParameters != nil }.count == 9)
+        #expect((0.462...0.534).contains(fit.a) && (0.483...0.529).contains(fit.b), "a \(fit.a), b \(fit.b)")
+        #expect(fit.aInterval.contains(0.49), "the paper's a = 0.49 outside our interval \(fit.aInterval)")
+    }
 }

@@ -79,9 +79,86 @@ import Testing
         #expect(sweep.terminationStatus == 130)
         let stopped = try RunStatus.read(runDirectory: out + "/" + last.name)
         #expect(stopped?.state == .stopped && (stopped?.step ?? 0) < last.steps, "\(String(describing: stopped))")
+
+        // A report now: the finished points, the unfinished one named and left out.
+        let plan = try CLI.run(["sweep", "plan", file, "--csv", out + "/plan.csv"])
+        #expect(plan.status == 0, "\(plan.stderr)")
+        let partial = try CLI.run(["sweep", "report", out, "--threads", "2"])
+        #expect(partial.status == 0, "\(partial.stderr)")
+        #expect(partial.stdout.contains("\(points.count - 1) of \(points.count) points finished")
+                && partial.stdout.contains("unfinished (left out): \(last.name) (stopped at step \(stopped?.step ?? -1) of \(last.steps))"),
+                "\(partial.stdout)")
+
         let resumed = try CLI.run(["sweep", "run", file, "--out", out], timeout: 600)
         #expect(resumed.status == 0 && resumed.stdout.contains("resuming"), "\(resumed.stdout)\(resumed.stderr)")
         for p in points { #expect(try lossesPerStep(out + "/" + p.name) == lossesPerStep(dir + "/whole/" + p.name), "\(p.name)") }
+
+        // The whole report: the one new point evaluated (the others' evaluations kept), a row per point in sweep.csv
+        // with the validation loss over the whole split (as `eval --batches 0` computes it) and the predicted time.
+        let report = try CLI.run(["sweep", "report", out, "--threads", "2"])
+        #expect(report.status == 0, "\(report.stderr)")
+        #expect(report.stdout.components(separatedBy: " evaluated: ").count - 1 == 1 && report.stdout.contains("\(last.name) evaluated"),
+                "\(report.stdout)")
+        #expect(report.stdout.contains("no fit"), "two depths give no parabola: \(report.stdout)")
+        let csv = try String(contentsOfFile: out + "/sweep.csv", encoding: .utf8).split(separator: "\n").map { $0.split(separator: ",", omittingEmptySubsequences: false) }
+        let header = csv[0].map(String.init)
+        #expect(csv.count == points.count + 1 && header.contains("val_loss") && header.contains("predicted_seconds"), "\(csv)")
+        let column = { (name: String) in header.firstIndex(of: name)! }
+        for (p, row) in zip(points, csv.dropFirst()) {
+            #expect(String(row[0]) == p.name && String(row[column("state")]) == "finished")
+            let full = try CLI.run(["eval", "--checkpoint", out + "/" + p.name, "--data", tinyTokens, "--batch-size", "4", "--seq-len", "32",
+                                    "--batches", "0", "--json"])
+            let loss = try #require(Double(full.stdout.split(separator: ":").last!.dropLast(2).trimmingCharacters(in: .whitespaces)), "\(full.stdout)")
+            #expect(abs(Double(row[column("val_loss")])! - loss) < 1e-5 * loss, "\(p.name): report \(row[column("val_loss")]) vs eval \(loss)")
+            #expect(Double(row[column("predicted_seconds")]) != nil && Double(row[column("train_seconds")])! > 0)
+        }
+        for svg in ["isoflop.svg", "law.svg"] { #expect(FileManager.default.fileExists(atPath: out + "/" + svg)) }
         expectOneLineError(try CLI.run(["sweep", "run", file, "--out", out, "--launcher", "ssh"]), "--launcher ssh", mentioning: "--launcher")
+        // No sbatch on PATH: one line, and nothing started or written.
+        expectOneLineError(try CLI.run(["sweep", "run", file, "--out", dir + "/nowhere", "--launcher", "slurm"], environment: ["PATH": "/nonexistent"]),
+                           "--launcher slurm without sbatch", mentioning: "no sbatch on PATH")
+        #expect(!FileManager.default.fileExists(atPath: dir + "/nowhere"))
+        // The same directory with another recipe: refused, naming the key.
+        let other = try SweepPlanTests.write(dir, ["budgets": [1e10, 1.2e11], "val": tinyTokens, "warmup_steps": 3])
+        expectOneLineError(try CLI.run(["sweep", "run", other, "--out", out]), "a changed recipe", mentioning: "warmup_steps")
+        expectOneLineError(try CLI.run(["sweep", "report", dir]), "report of a directory without sweep.json", mentioning: "sweep.json")
+    }
+}
+
+/// `sweep run --launcher slurm` on a real Slurm (Launch/slurm-local): one job per point through slurm.sbatch, the
+/// same losses as the local launcher; a SIGTERM while it waits cancels the jobs (running points checkpoint), and the
+/// next run resubmits only what is unfinished and resumes it.
+@Suite(.serialized, .enabled(if: getuid() == 0, "needs root: slurmctld and slurmd run as root"))
+struct SweepSlurmTests {
+    @Test func slurmLauncherMatchesLocalAndResumes() throws {
+        let dir = tmpDir("sweep-slurm")
+        let file = try SweepPlanTests.write(dir, ["budgets": [1e10, 1.2e11], "val": tinyTokens, "warmup_steps": 2])
+        let points = try Sweep.load(path: file).points()
+        let local = try CLI.run(["sweep", "run", file, "--out", dir + "/local"], timeout: 600)
+        #expect(local.status == 0, "\(local.stderr)")
+        guard let slurm = try LocalSlurm.start() else { return }
+        defer { slurm.stop() }
+        let out = dir + "/slurm", last = points.last!
+        let sweep = CLI.process(ranks: 0, ["sweep", "run", file, "--out", out, "--launcher", "slurm", "--sbatch-arg=--time=10"])
+        sweep.environment!["SLURM_CONF"] = slurm.conf
+        try CLI.startAsFromShell(sweep, logPath: dir + "/slurm.log")
+        let deadline = Date().addingTimeInterval(300)
+        while Date() < deadline, ((try? RunStatus.read(runDirectory: out + "/" + last.name))??.step ?? 0) < 1 { usleep(50_000) }
+        kill(sweep.processIdentifier, SIGTERM)
+        #expect(CLI.wait(sweep, seconds: 120))
+        let log = (try? String(contentsOfFile: dir + "/slurm.log", encoding: .utf8)) ?? ""
+        #expect(sweep.terminationStatus == 130 && log.contains("cancelling the sweep's jobs"), "\(log)")
+        #expect(try slurm.client(["squeue", "-h"]).stdout.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty, "jobs left in Slurm")
+        let stopped = try RunStatus.read(runDirectory: out + "/" + last.name)
+        #expect(stopped?.state == .stopped && (stopped?.step ?? 0) < last.steps, "\(String(describing: stopped)) \(log)")
+
+        let resumed = try CLI.run(["sweep", "run", file, "--out", out, "--launcher", "slurm"], timeout: 600, environment: ["SLURM_CONF": slurm.conf])
+        #expect(resumed.status == 0, "\(resumed.stdout)\(resumed.stderr)")
+        #expect(resumed.stdout.components(separatedBy: "sweep: submitted").count - 1 == 1 && resumed.stdout.contains("submitted \(last.name)"),
+                "only the unfinished point is submitted again: \(resumed.stdout)")
+        let jobLog = (try? String(contentsOfFile: out + "/\(last.name)/slurm-" + (try String(contentsOfFile: out + "/\(last.name)/slurm_job", encoding: .utf8))
+            .trimmingCharacters(in: .whitespacesAndNewlines) + ".out", encoding: .utf8)) ?? ""
+        #expect(jobLog.contains("resuming from step"), "\(jobLog.suffix(1500))")
+        for p in points { #expect(try lossesPerStep(out + "/" + p.name) == lossesPerStep(dir + "/local/" + p.name), "\(p.name)") }
     }
 }

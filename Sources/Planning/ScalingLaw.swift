@@ -19,7 +19,11 @@ public enum ScalingLaw {
         public var c2: Double, c1: Double, c0: Double
         /// The vertex: the loss-minimising parameter count and its loss (nil when the parabola opens downwards: no
         /// minimum inside, the budget's sizes do not bracket the optimum).
-        public var optimalParameters: Double? { c2 > 0 ? exp(-c1 / (2 * c2)) : nil }
+        public var optimalParameters: Double? {
+            guard c2 > 0 else { return nil }
+            let n = exp(-c1 / (2 * c2))
+            return n.isFinite && n > 0 ? n : nil  // (a nearly flat parabola's vertex can lie beyond any float)
+        }
         public var optimalLoss: Double? { c2 > 0 ? c0 - c1 * c1 / (4 * c2) : nil }
         public func loss(atParameters n: Double) -> Double { let x = log(n); return c2 * x * x + c1 * x + c0 }
     }
@@ -99,7 +103,7 @@ public enum ScalingLaw {
                 }
                 return profile(budget: budget, points: draw)
             }
-            if let e = exponents(resampled) { aSamples.append(e.a); bSamples.append(e.b) }
+            if let e = exponents(resampled), e.a.isFinite, e.b.isFinite { aSamples.append(e.a); bSamples.append(e.b) }
         }
         func interval(_ x: [Double], _ fallback: Double) -> ClosedRange<Double> {
             guard x.count >= 20 else { return fallback...fallback }

@@ -59,14 +59,14 @@ public enum LossPlot {
         let yTicks = yLog ? logTicks(y0, y1) : niceTicks(y0, y1), yDecimals = max(0, -Int(floor(log10(yTicks.step) + 1e-9)))
         for yv in yTicks.values {
             let yy = py(yv)
-            let label = yLog ? Format.si(pow(10, yv)) : String(format: "%.*f", Int32(yDecimals), yv)
+            let label = yLog ? Format.si(pow(10, yv), spacing: pow(10, yv)) : String(format: "%.*f", Int32(yDecimals), yv)
             s += String(format: "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", left, yy, left + pw, yy)
             s += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"end\">", left - 6, yy + 4) + esc(label) + "</text>\n"
         }
         let xTicks = xLog ? logTicks(x0, x1) : niceTicks(x0, x1, integral: x1 - x0 >= 5)
         for xv in xTicks.values {
             let xx = px(xv)
-            let label = xLog ? Format.si(pow(10, xv)) : xTick(xv, xTicks.step)
+            let label = xLog ? Format.si(pow(10, xv), spacing: pow(10, xv)) : xTick(xv, xTicks.step)
             s += String(format: "<line x1=\"%.1f\" y1=\"%.1f\" x2=\"%.1f\" y2=\"%.1f\" stroke=\"#ddd\"/>\n", xx, top, xx, top + ph)
             s += String(format: "<text x=\"%.1f\" y=\"%.1f\" text-anchor=\"middle\">", xx, top + ph + 18) + esc(label) + "</text>\n"
         }
@@ -148,10 +148,10 @@ public enum LossPlot {
     }
 
     /// Ticks of a log10 axis (values are log10 of the data): the powers of ten inside [lo, hi], with 2 and 5 times
-    /// them while the axis spans less than three decades, or every 1-2-5 value when not even one power falls inside.
+    /// them while the axis spans less than three decades, and every integer multiple within one decade.
     static func logTicks(_ lo: Double, _ hi: Double) -> (values: [Double], step: Double) {
         guard hi > lo, lo.isFinite, hi.isFinite else { return ([lo], 1) }
-        let multiples: [Double] = hi - lo < 3 ? [1, 2, 5] : [1]
+        let multiples: [Double] = hi - lo < 1 ? [1, 2, 3, 4, 5, 6, 7, 8, 9] : hi - lo < 3 ? [1, 2, 5] : [1]
         var values: [Double] = []
         for k in Int(floor(lo))...Int(ceil(hi)) {
             for m in multiples where (lo - 1e-9)...(hi + 1e-9) ~= Double(k) + log10(m) { values.append(Double(k) + log10(m)) }

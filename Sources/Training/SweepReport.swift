@@ -154,17 +154,25 @@ public struct SweepReport {
             return s + "no fit: it needs at least two budgets with three finished sizes each and a minimum between them\n"
         }
         s += "IsoFLOP profiles (parabola of loss in ln N):\n"
+        var extrapolated = 0
         for pr in fit.profiles {
             if let n = pr.optimalParameters, let l = pr.optimalLoss {
-                s += String(format: "  C = %@FLOPs: N_opt %@, D_opt %@ tokens, L(N_opt) %.4f\n", Format.si(pr.budget), Format.si(n),
-                            Format.si(pr.budget / (6 * n)), l)
+                let sizes = finished.filter { $0.point.budget == pr.budget }.map { Double($0.point.parameters) }
+                let outside = n < sizes.min()! || n > sizes.max()!
+                if outside { extrapolated += 1 }
+                s += String(format: "  C = %@ FLOPs: N_opt %@, D_opt %@ tokens, L(N_opt) %.4f%@\n", Format.si(pr.budget, spacing: pr.budget), Format.si(n),
+                            Format.si(pr.budget / (6 * n)), l, outside ? "  (outside the sizes run: extrapolated)" : "")
             } else {
-                s += String(format: "  C = %@FLOPs: no minimum (the parabola opens downwards: the depths do not bracket the optimum)\n",
-                            Format.si(pr.budget))
+                s += String(format: "  C = %@ FLOPs: no minimum (the parabola opens downwards: the depths do not bracket the optimum)\n",
+                            Format.si(pr.budget, spacing: pr.budget))
             }
         }
         s += String(format: "N_opt ∝ C^%.3f  (95%% bootstrap interval %.3f to %.3f)\n", fit.a, fit.aInterval.lowerBound, fit.aInterval.upperBound)
         s += String(format: "D_opt ∝ C^%.3f  (95%% bootstrap interval %.3f to %.3f)\n", fit.b, fit.bInterval.lowerBound, fit.bInterval.upperBound)
+        if extrapolated > 0 {
+            s += "warning: \(extrapolated) of \(fit.profiles.count) minima lie outside the sizes run; the sweep does not bracket the optimum "
+                + "there, and the exponents rest on extrapolation (add depths on that side, or move the budgets)\n"
+        }
         s += "(Chinchilla's approach 2 found a = 0.49 and b = 0.51 at 1e18 to 1e21 FLOPs)\n"
         return s
     }
@@ -177,7 +185,7 @@ public struct SweepReport {
         for (i, c) in budgets.enumerated() {
             let color = LossPlot.palette[i % LossPlot.palette.count]
             let rs = finished.filter { $0.point.budget == c }.sorted { $0.point.parameters < $1.point.parameters }
-            lines.append(.init(label: "C = \(Format.si(c))FLOPs", xs: rs.map { Double($0.point.parameters) }, ys: rs.map { $0.valLoss! },
+            lines.append(.init(label: "C = \(Format.si(c, spacing: c)) FLOPs", xs: rs.map { Double($0.point.parameters) }, ys: rs.map { $0.valLoss! },
                                color: color, width: 0, markers: true, markerRadius: 4))
             guard let profile = fit?.profiles.first(where: { $0.budget == c }) ?? ScalingLaw.profile(
                 budget: c, points: rs.map { ScalingLaw.Point(budget: c, parameters: Double($0.point.parameters), loss: $0.valLoss!) }) else { continue }

@@ -76,7 +76,7 @@ struct CLI {
         p.arguments = ["-c", "import os, signal, sys; signal.pthread_sigmask(signal.SIG_SETMASK, []); os.execvp(sys.argv[1], sys.argv[1:])",
                        p.executableURL!.path] + (p.arguments ?? [])
         p.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        FileManager.default.createFile(atPath: logPath, contents: nil)
+        _ = FileManager.default.createFile(atPath: logPath, contents: nil)
         let log = try FileHandle(forWritingTo: URL(fileURLWithPath: logPath))
         p.standardOutput = log; p.standardError = log
         try p.run()

@@ -74,7 +74,9 @@ public final class ChoiceScorer {
     }
 
     /// The summed log-probability of every continuation of every item: [item][continuation].
-    public func logLikelihoods(_ items: [ChoiceItem], packing: Bool = true) -> [[Double]] {
+    /// `packing` false: one row per continuation for every item (also `GPT2DIST_TASK_PACKING=0`, to measure what
+    /// packing saves).
+    public func logLikelihoods(_ items: [ChoiceItem], packing: Bool = ProcessInfo.processInfo.environment["GPT2DIST_TASK_PACKING"] != "0") -> [[Double]] {
         var all: [Row] = [], firstSum = 0
         for item in items {
             if packing, let packed = packedRow(item, firstSum: firstSum) {

@@ -125,12 +125,13 @@ import Testing
     }
 }
 
-/// `sweep run --launcher slurm` on a real Slurm (Launch/slurm-local): one job per point through slurm.sbatch, the
-/// same losses as the local launcher; a SIGTERM while it waits cancels the jobs (running points checkpoint), and the
-/// next run resubmits only what is unfinished and resumes it.
-@Suite(.serialized, .enabled(if: getuid() == 0, "needs root: slurmctld and slurmd run as root"))
-struct SweepSlurmTests {
-    @Test func slurmLauncherMatchesLocalAndResumes() throws {
+/// In SlurmTests (root, serialized): every test there shares one Launch/slurm-local directory and port, and suites
+/// run in parallel, so a Slurm test outside that suite would stop another's Slurm by starting its own.
+extension SlurmTests {
+    /// `sweep run --launcher slurm` on a real Slurm (Launch/slurm-local): one job per point through slurm.sbatch, the
+    /// same losses as the local launcher; a SIGTERM while it waits cancels the jobs (running points checkpoint), and
+    /// the next run resubmits only what is unfinished and resumes it.
+    @Test func sweepSlurmLauncherMatchesLocalAndResumes() throws {
         let dir = tmpDir("sweep-slurm")
         let file = try SweepPlanTests.write(dir, ["budgets": [1e10, 1.2e11], "val": tinyTokens, "warmup_steps": 2])
         let points = try Sweep.load(path: file).points()

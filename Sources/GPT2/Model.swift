@@ -62,8 +62,6 @@ public final class GPT2Graph {
     let lossOp: (any LossOp)?
     let embedding: EmbeddingOp
 
-    /// Backward leaves the token embedding's rows out of wte's gradient (see `EmbeddingOp.defersTokenGradient`);
-    /// the caller adds them from `inputs` and `embeddingGradient`. Needed to reduce wte while backward still runs.
     /// Rows packing a shared prefix with several continuations (see `PackedRows`), for scoring; nil: plain rows.
     public var packedRows: PackedRows? {
         get { tape.context.packedRows }
@@ -73,6 +71,8 @@ public final class GPT2Graph {
         }
     }
 
+    /// Backward leaves the token embedding's rows out of wte's gradient (see `EmbeddingOp.defersTokenGradient`);
+    /// the caller adds them from `inputs` and `embeddingGradient`. Needed to reduce wte while backward still runs.
     public var defersTokenGradient: Bool {
         get { embedding.defersTokenGradient }
         set { embedding.defersTokenGradient = newValue }

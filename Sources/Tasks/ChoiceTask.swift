@@ -38,6 +38,21 @@ public enum ChoiceTask: String, CaseIterable, Sendable {
     /// The task file relative to the data directory.
     public var relativePath: String { "eval/\(rawValue)/requests.jsonl.gz" }
 
+    /// Scoring needs GPT-2's vocabulary: a model of `vocabSize` tokens without it is a one-line error (`model`: what
+    /// is scored, for the message).
+    public func requireGPT2Vocabulary(_ vocabSize: Int, model: String = "a model") throws {
+        guard vocabSize >= GPT2Tokenizer.vocabularySize else {
+            throw GPT2DistError(.usage, "--task \(rawValue) needs \(model) with GPT-2's vocabulary (vocab_size \(GPT2Tokenizer.vocabularySize)); "
+                + "this one has \(vocabSize)")
+        }
+    }
+
+    /// `load(path:tokenizer:limit:)` of `file` (default: data/eval/TASK/requests.jsonl.gz, from Launch/fetch-data), with
+    /// the GPT-2 vocabulary at `vocabulary` (gpt2.tiktoken or a directory with it).
+    public func load(file: String?, vocabulary: String, limit: Int?) throws -> [ChoiceItem] {
+        try load(path: file ?? "data/" + relativePath, tokenizer: try loadTokenizer(vocabulary), limit: limit)
+    }
+
     /// Reads the task file (gzip JSON lines: `doc_id`, `idx` (the continuation's index), `label` (the gold one),
     /// `request.context`, `request.continuation`; lines with doc_id >= 1,000,000 are unconditional variants and are
     /// skipped) and tokenizes the first `limit` items (all when nil).

@@ -50,6 +50,10 @@ public enum LossPlot {
         func px(_ x: Double) -> Double { left + (x - x0) / (x1 - x0) * pw }
         func py(_ y: Double) -> Double { top + (1 - (y - y0) / (y1 - y0)) * ph }
         func esc(_ s: String) -> String { s.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;") }
+        func marker(_ line: Line, _ x: Double, _ y: Double) -> String {
+            String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"%.1f\" fill=\"%@\"", x, y, line.markerRadius, line.color)
+                + (line.hollowMarkers ? " fill-opacity=\"0\" stroke=\"\(line.color)\" stroke-width=\"2\"" : "") + "/>"
+        }
         var s = """
         <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(w))" height="\(Int(h))" viewBox="0 0 \(Int(w)) \(Int(h))" font-family="sans-serif" font-size="12">
         <rect width="100%" height="100%" fill="white"/>
@@ -77,15 +81,12 @@ public enum LossPlot {
             let pts = zip(line.xs, line.ys).filter { $0.0.isFinite && $0.1.isFinite }
             guard !pts.isEmpty else { continue }
             if line.width > 0 {
-            let d = pts.enumerated().map { i, p in String(format: "%@%.1f,%.1f", i == 0 ? "M" : "L", px(p.0), py(p.1)) }.joined(separator: " ")
-            s += "<path d=\"\(d)\" fill=\"none\" stroke=\"\(line.color)\" stroke-width=\"\(line.width)\" stroke-opacity=\"\(line.opacity)\""
-                + (line.dashed ? " stroke-dasharray=\"6 4\"" : "") + "/>\n"
+                let d = pts.enumerated().map { i, p in String(format: "%@%.1f,%.1f", i == 0 ? "M" : "L", px(p.0), py(p.1)) }.joined(separator: " ")
+                s += "<path d=\"\(d)\" fill=\"none\" stroke=\"\(line.color)\" stroke-width=\"\(line.width)\" stroke-opacity=\"\(line.opacity)\""
+                    + (line.dashed ? " stroke-dasharray=\"6 4\"" : "") + "/>\n"
             }
             if line.markers {
-                for (x, y) in pts {
-                    s += String(format: "<circle cx=\"%.1f\" cy=\"%.1f\" r=\"%.1f\" fill=\"%@\"", px(x), py(y), line.markerRadius, line.color)
-                        + (line.hollowMarkers ? " fill-opacity=\"0\" stroke=\"\(line.color)\" stroke-width=\"2\"" : "") + "/>\n"
-                }
+                for (x, y) in pts { s += marker(line, px(x), py(y)) + "\n" }
             }
         }
         // Legend: the labelled lines, then the notes.
@@ -99,10 +100,7 @@ public enum LossPlot {
                     s += "<line x1=\"\(lx + 8)\" y1=\"\(y)\" x2=\"\(lx + 33)\" y2=\"\(y)\" stroke=\"\(line.color)\" stroke-width=\"2\" stroke-opacity=\"\(max(line.opacity, 0.5))\""
                         + (line.dashed ? " stroke-dasharray=\"6 4\"" : "") + "/>"
                 }
-                if line.markers {
-                    s += "<circle cx=\"\(lx + 20.5)\" cy=\"\(y)\" r=\"\(line.markerRadius)\" fill=\"\(line.color)\""
-                        + (line.hollowMarkers ? " fill-opacity=\"0\" stroke=\"\(line.color)\" stroke-width=\"2\"" : "") + "/>"
-                }
+                if line.markers { s += marker(line, lx + 20.5, y) }
                 s += "<text x=\"\(lx + 40)\" y=\"\(y + 4)\">\(esc(line.label!))</text>\n"
             }
             for (i, note) in notes.enumerated() {

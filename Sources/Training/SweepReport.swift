@@ -55,9 +55,7 @@ public struct SweepReport {
         if let n = self.taskLimit, n <= 0 { throw GPT2DistError(.usage, "--task-limit must be a positive integer, got \(n)") }
         let taskName = self.task, limit = self.taskLimit
         let benchmark = try taskName.map(ChoiceTask.named)
-        if benchmark != nil && sweep.base.vocabSize != GPT2Tokenizer.vocabularySize {
-            throw GPT2DistError(.usage, "--task needs models with GPT-2's vocabulary (vocab_size \(GPT2Tokenizer.vocabularySize)); this sweep's have \(sweep.base.vocabSize)")
-        }
+        try benchmark?.requireGPT2Vocabulary(sweep.base.vocabSize, model: "the sweep's models")
         guard let valSpec = sweep.val else {
             throw GPT2DistError(.config, "\(record): the sweep has no \"val\": report fits validation losses")
         }
@@ -90,7 +88,7 @@ public struct SweepReport {
                 var r = FinalEvaluation(checkpoint: checkpoint, valLoss: loss.loss, valTokens: loss.batches * sweep.batchSize * sweep.seqLen)
                 if let benchmark {
                     if items == nil {
-                        items = try benchmark.load(path: taskFile ?? "data/" + benchmark.relativePath, tokenizer: try loadTokenizer(vocab), limit: limit)
+                        items = try benchmark.load(file: taskFile, vocabulary: vocab, limit: limit)
                     }
                     let scored = ChoiceScorer(model: evaluation.model, rows: sweep.batchSize).score(items!, comm: comm)
                     r.task = benchmark.rawValue; r.taskLimit = limit; r.acc = scored.acc; r.accNorm = scored.accNorm; r.taskItems = scored.items

@@ -148,8 +148,9 @@ public final class SweepRunner {
         let queued = try queuedJobs(squeue)
         var jobs: [String: String] = [:]  // point name -> job id
         var progress = Progress(total: points.reduce(0) { $0 + $1.budget })
+        var reported = Set<String>()  // points finished (before this run, or reported as they finish)
         for p in points {
-            if isFinished(p) { progress.done += p.budget; continue }
+            if isFinished(p) { progress.done += p.budget; reported.insert(p.name); continue }
             let idFile = directory(p) + "/slurm_job"
             if let id = (try? String(contentsOfFile: idFile, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines), queued[id] != nil {
                 say("sweep: \(p.name) is job \(id) already (\(queued[id]!.lowercased()))")
@@ -176,8 +177,7 @@ public final class SweepRunner {
             jobs[p.name] = id
             say("sweep: submitted \(p.name) (\(Format.si(Double(p.parameters))) parameters, \(p.steps) steps) as job \(id)")
         }
-        let finishedBefore = points.filter(isFinished).count
-        if jobs.isEmpty && finishedBefore == points.count {
+        if jobs.isEmpty && reported.count == points.count {
             say("sweep: all \(points.count) points finished in \(out)")
             return .finished
         }
@@ -186,7 +186,6 @@ public final class SweepRunner {
             return .submitted
         }
         installSignals(forwardInterrupt: false)
-        var reported = Set(points.filter(isFinished).map(\.name))
         var cancelled = false
         while true {
             let live = try queuedJobs(squeue)
@@ -206,8 +205,7 @@ public final class SweepRunner {
         }
         let unfinished = points.filter { jobs[$0.name] != nil && !isFinished($0) }
         if cancelled || !unfinished.isEmpty {
-            let stopped = unfinished.filter { (try? RunStatus.read(runDirectory: directory($0)))??.state == .stopped || cancelled }
-            if cancelled || stopped.count == unfinished.count {
+            if cancelled || unfinished.allSatisfy({ (try? RunStatus.read(runDirectory: directory($0)))??.state == .stopped }) {
                 say("sweep: stopped with \(unfinished.count) point(s) unfinished (checkpoints kept); run the same command again to resume")
                 return .stopped
             }

@@ -147,10 +147,8 @@ public final class Trainer {
         var task: (task: ChoiceTask, items: [ChoiceItem])?
         if let name = o.task {
             let t = try ChoiceTask.named(name)
-            guard config.vocabSize >= GPT2Tokenizer.vocabularySize else {
-                throw GPT2DistError(.training, "--task \(name) needs a model with GPT-2's vocabulary (vocab_size \(GPT2Tokenizer.vocabularySize)); this one has \(config.vocabSize)")
-            }
-            task = (t, try t.load(path: o.taskFile ?? "data/" + t.relativePath, tokenizer: try loadTokenizer(o.vocab), limit: o.taskLimit))
+            try t.requireGPT2Vocabulary(config.vocabSize)
+            task = (t, try t.load(file: o.taskFile, vocabulary: o.vocab, limit: o.taskLimit))
         }
         let traceSteps = try o.traceSteps.map { text -> ClosedRange<Int> in
             let steps = try TraceRecorder.parseSteps(text)

@@ -98,11 +98,9 @@ extension Eval {
         if let n = taskLimit, n <= 0 { throw GPT2DistError(.usage, "--task-limit must be a positive integer, got \(n)") }
         guard data == nil && text == nil else { throw GPT2DistError(.usage, "--task scores a benchmark: leave out --data and --text") }
         let evaluation = try Evaluation(checkpoint: checkpoint)
-        guard evaluation.model.config.vocabSize >= GPT2Tokenizer.vocabularySize else {
-            throw GPT2DistError(.usage, "--task needs a model with GPT-2's vocabulary (vocab_size \(GPT2Tokenizer.vocabularySize)); this one has \(evaluation.model.config.vocabSize)")
-        }
+        try task.requireGPT2Vocabulary(evaluation.model.config.vocabSize)
         let t0 = Date()
-        let items = try task.load(path: taskFile ?? "data/" + task.relativePath, tokenizer: try loadTokenizer(vocab), limit: taskLimit)
+        let items = try task.load(file: taskFile, vocabulary: vocab, limit: taskLimit)
         let loadSeconds = Date().timeIntervalSince(t0)
         let r = ChoiceScorer(model: evaluation.model, rows: batchSize, precision: precision).score(items, comm: comm)
         guard comm.isRoot else { return }

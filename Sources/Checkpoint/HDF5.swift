@@ -23,7 +23,12 @@ public final class HDF5File {
 
     private init(path: String, id: hid_t) { self.path = path; self.id = id }
 
+    /// Debian's serial libhdf5 is not thread-safe: every call into it, from any thread (the trainer's writer beside
+    /// its main thread, tests that run in parallel), holds this lock. Recursive: a method may call another.
+    static let lock = NSRecursiveLock()
+
     public static func create(_ path: String, overwrite: Bool = true) throws -> HDF5File {
+        lock.lock(); defer { lock.unlock() }
         _ = silenced
         let f = H5Fcreate(path, overwrite ? gd_h5f_acc_trunc() : gd_h5f_acc_excl(), gd_h5p_default(), gd_h5p_default())
         guard f >= 0 else { throw GPT2DistError(.fileFormat, "cannot create HDF5 file \(path)") }
@@ -33,6 +38,7 @@ public final class HDF5File {
     /// `locking: false` opens without HDF5's file lock, so a reader (plot, a test, a monitor) never blocks the
     /// trainer from appending to the file it is reading.
     public static func open(_ path: String, writable: Bool = false, locking: Bool = true) throws -> HDF5File {
+        lock.lock(); defer { lock.unlock() }
         _ = silenced
         guard FileManager.default.isReadableFile(atPath: path) else { throw GPT2DistError(.fileFormat, "cannot read \(path)") }
         guard H5Fis_hdf5(path) > 0 else { throw GPT2DistError(.fileFormat, "\(path) is not an HDF5 file (corrupt or truncated?)") }
@@ -50,6 +56,7 @@ public final class HDF5File {
     /// Closes and reports whether HDF5 could write everything it still held (a writer's last chance to see a
     /// full disk). The file is closed either way: HDF5 releases the id even when the final flush fails.
     public func closeChecked() throws {
+        Self.lock.lock(); defer { Self.lock.unlock() }
         guard !closed else { return }
         closed = true
         guard H5Fclose(id) >= 0 else { throw GPT2DistError(.fileFormat, "cannot finish writing \(path) (disk full?)") }
@@ -60,6 +67,7 @@ public final class HDF5File {
     // MARK: groups and existence
 
     public func exists(_ name: String) -> Bool {
+        Self.lock.lock(); defer { Self.lock.unlock() }
         // Check each prefix: H5Lexists fails on a path whose parent is missing.
         var prefix = ""
         for part in name.split(separator: "/") {
@@ -71,6 +79,7 @@ public final class HDF5File {
 
     /// The names of the root group's members, in name order.
     public func rootNames() throws -> [String] {
+        Self.lock.lock(); defer { Self.lock.unlock() }
         var info = H5G_info_t()
         guard H5Gget_info(id, &info) >= 0 else { throw GPT2DistError(.fileFormat, "\(path): cannot list its members") }
         return try (0..<info.nlinks).map { i in
@@ -83,6 +92,7 @@ public final class HDF5File {
     }
 
     public func createGroup(_ name: String) throws {
+        Self.lock.lock(); defer { Self.lock.unlock() }
         if exists(name) { return }
         let g = H5Gcreate2(id, name, gd_h5p_default(), gd_h5p_default(), gd_h5p_default())
         guard g >= 0 else { throw GPT2DistError(.fileFormat, "\(path): cannot create group \(name)") }
@@ -95,6 +105,7 @@ public final class HDF5File {
     /// instead of loading wrong numbers (h5py verifies it too). Chunks are the whole tensor, or slices of whole
     /// rows of about 4 MiB: HDF5 copies a chunk to checksum it, so small chunks keep the checkpoint from raising peak memory.
     public func writeFloats(_ name: String, shape: [Int], _ data: UnsafePointer<Float>) throws {
+        Self.lock.lock(); defer { Self.lock.unlock() }
         guard shape.allSatisfy({ $0 > 0 }) else { throw GPT2DistError(.fileFormat, "\(path): dataset \(name) has an empty shape \(shape)") }
         let rowFloats = shape.dropFirst().reduce(1, *)
         var chunk = shape.map { hsize_t($0) }
@@ -121,6 +132,7 @@ public final class HDF5File {
 
     /// Shape of a dataset and whether it stores 4-byte floats.
     public func datasetShape(_ name: String) throws -> (shape: [Int], isFloat32: Bool) {
+        Self.lock.lock(); defer { Self.lock.unlock() }
         guard exists(name) else { throw GPT2DistError(.fileFormat, "\(path): missing dataset \(name)") }
         let d = H5Dopen2(id, name, gd_h5p_default())
         guard d >= 0 else { throw GPT2DistError(.fileFormat, "\(path): cannot open dataset \(name)") }
@@ -138,6 +150,7 @@ public final class HDF5File {
 
     /// Reads a float32 dataset of exactly `shape` into `out`.
     public func readFloats(_ name: String, shape: [Int], into out: UnsafeMutablePointer<Float>) throws {
+        Self.lock.lock(); defer { Self.lock.unlock() }
         let (s, isF32) = try datasetShape(name)
         guard isF32 else { throw GPT2DistError(.fileFormat, "\(path): dataset \(name) is not float32") }
         guard s == shape else { throw GPT2DistError(.fileFormat, "\(path): dataset \(name) has shape \(s), expected \(shape)") }
@@ -149,6 +162,7 @@ public final class HDF5File {
     }
 
     public func readDoubles(_ name: String) throws -> [Double] {
+        Self.lock.lock(); defer { Self.lock.unlock() }
         let (s, _) = try datasetShape(name)
         let n = s.reduce(1, *)
         var out = [Double](repeating: 0, count: n)
@@ -165,6 +179,7 @@ public final class HDF5File {
     // MARK: extendable 1-D series (metrics)
 
     public func createSeries(_ name: String) throws {
+        Self.lock.lock(); defer { Self.lock.unlock() }
         if exists(name) { return }
         var dims: [hsize_t] = [0], maxDims: [hsize_t] = [gd_h5s_unlimited()], chunk: [hsize_t] = [256]
         let space = H5Screate_simple(1, &dims, &maxDims)
@@ -179,12 +194,14 @@ public final class HDF5File {
 
     /// Number of values in a 1-D series.
     public func length(_ name: String) throws -> Int {
-        try datasetShape(name).shape.first ?? 0
+        Self.lock.lock(); defer { Self.lock.unlock() }
+        return try datasetShape(name).shape.first ?? 0
     }
 
     /// Sets value `index` of a series and makes it the last one (the extent becomes index + 1). Writing a row at
     /// the same index in every series keeps them aligned even after a partly failed earlier write.
     public func setLast(_ name: String, at index: Int, _ value: Double) throws {
+        Self.lock.lock(); defer { Self.lock.unlock() }
         let d = H5Dopen2(id, name, gd_h5p_default())
         guard d >= 0 else { throw GPT2DistError(.fileFormat, "\(path): no series \(name)") }
         defer { H5Dclose(d) }
@@ -205,6 +222,7 @@ public final class HDF5File {
     // MARK: attributes (on the root "/" or any group)
 
     public func setAttribute(_ object: String, _ name: String, string value: String) throws {
+        Self.lock.lock(); defer { Self.lock.unlock() }
         let t = H5Tcopy(gd_h5t_c_s1())
         defer { H5Tclose(t) }
         H5Tset_size(t, gd_h5t_variable())
@@ -216,11 +234,13 @@ public final class HDF5File {
     }
 
     public func setAttribute(_ object: String, _ name: String, int value: Int) throws {
+        Self.lock.lock(); defer { Self.lock.unlock() }
         var v = Int64(value)
         try writeAttribute(object, name, type: gd_h5t_native_int64(), &v)
     }
 
     public func setAttribute(_ object: String, _ name: String, double value: Double) throws {
+        Self.lock.lock(); defer { Self.lock.unlock() }
         var v = value
         try writeAttribute(object, name, type: gd_h5t_native_double(), &v)
     }
@@ -239,6 +259,7 @@ public final class HDF5File {
     }
 
     public func hasAttribute(_ object: String, _ name: String) -> Bool {
+        Self.lock.lock(); defer { Self.lock.unlock() }
         let o = H5Oopen(id, object, gd_h5p_default())
         guard o >= 0 else { return false }
         defer { H5Oclose(o) }
@@ -257,7 +278,8 @@ public final class HDF5File {
     }
 
     public func intAttribute(_ object: String, _ name: String) throws -> Int {
-        try withAttribute(object, name) { a in
+        Self.lock.lock(); defer { Self.lock.unlock() }
+        return try withAttribute(object, name) { a in
             var v: Int64 = 0
             guard H5Aread(a, gd_h5t_native_int64(), &v) >= 0 else { throw GPT2DistError(.fileFormat, "\(path): attribute \(name) is not an integer") }
             return Int(v)
@@ -265,7 +287,8 @@ public final class HDF5File {
     }
 
     public func doubleAttribute(_ object: String, _ name: String) throws -> Double {
-        try withAttribute(object, name) { a in
+        Self.lock.lock(); defer { Self.lock.unlock() }
+        return try withAttribute(object, name) { a in
             var v = 0.0
             guard H5Aread(a, gd_h5t_native_double(), &v) >= 0 else { throw GPT2DistError(.fileFormat, "\(path): attribute \(name) is not a number") }
             return v
@@ -273,7 +296,8 @@ public final class HDF5File {
     }
 
     public func stringAttribute(_ object: String, _ name: String) throws -> String {
-        try withAttribute(object, name) { a in
+        Self.lock.lock(); defer { Self.lock.unlock() }
+        return try withAttribute(object, name) { a in
             let ft = H5Aget_type(a)
             defer { H5Tclose(ft) }
             guard H5Tget_class(ft) == H5T_STRING else { throw GPT2DistError(.fileFormat, "\(path): attribute \(name) is not a string") }
